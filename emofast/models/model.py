@@ -1,0 +1,161 @@
+"""`Model`: a HF causal LM, its tokenizer and architecture adapter, plus activation caching.
+
+    model = emofast.load_model()                        # embedded SmolLM2-135M-Instruct
+    acts = model.cache(texts, ["L12.resid_post"])      # {"L12.resid_post": [N, d_model]}
+    acts = model.cache(texts, ["L3.attn_z"], positions="all")   # list of [T_i, H, d_head]
+
+Positions are counted over each text's real (non-pad) tokens, so left and right padding give the
+same activations: position ids are derived from the attention mask.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import sites as _sites
+from ..data import Prompt
+from .adapters import Adapter
+
+Positions = "str | int | Sequence[int] | torch.Tensor"
+
+
+class Model:
+    """Holds `hf` (the unmodified HF model), `tokenizer` and `adapter`; sizes are forwarded."""
+
+    def __init__(self, hf, tokenizer, name: str = ""):
+        self.hf, self.tokenizer, self.name = hf, tokenizer, name
+        self.adapter = Adapter(hf)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        a = self.adapter
+        self.n_layers, self.n_heads, self.d_head = a.n_layers, a.n_heads, a.d_head
+        self.d_model, self.d_mlp = a.d_model, a.d_mlp
+
+    def __repr__(self) -> str:
+        return (f"Model({self.name!r}, {self.adapter.model_type}, layers={self.n_layers}, "
+                f"d_model={self.d_model}, H={self.n_heads}, d_mlp={self.d_mlp})")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    # -- text in ---------------------------------------------------------------------------
+    def chat_text(self, prompt: Prompt | str, system: str | None = None) -> str:
+        """Apply the chat template (with the generation prompt) when the tokenizer has one."""
+        user, system = (prompt.user, prompt.system) if isinstance(prompt, Prompt) else (prompt, system)
+        messages = ([{"role": "system", "content": system}] if system else []) + \
+            [{"role": "user", "content": user}]
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+    def encode(self, texts: Sequence[str], *, templated: bool = False, offsets: bool = False):
+        """Tokenize a batch with padding; `templated` texts already carry special tokens."""
+        if isinstance(texts, str):
+            raise TypeError("encode takes a list of texts, not one string")
+        enc = self.tokenizer(list(texts), return_tensors="pt", padding=True,
+                             add_special_tokens=not templated, return_offsets_mapping=offsets)
+        return enc
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
+        """One HF forward with position ids derived from the mask (padding-side independent)."""
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        dev = self.device
+        return self.hf(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev),
+                       position_ids=position_ids.to(dev), use_cache=False, **kwargs)
+
+    def hooks(self, mapping):
+        """Context manager installing `{site: fn}` hooks; see `emofast.sites.hooks`."""
+        return _sites.hooks(self.adapter, mapping)
+
+    # -- activations out -------------------------------------------------------------------
+    @torch.inference_mode()
+    def cache(self, texts: Sequence[str], sites: Sequence[str], *, positions: Positions = "last",
+              spans: Sequence[tuple[int, int] | None] | None = None, batch_size: int = 16,
+              templated: bool = False, progress: bool = True, dtype: torch.dtype = torch.float32,
+              ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Run `texts` and return `{site: activations}` at the chosen positions.
+
+        positions: "last" (last real token) -> [N, *act]; "all" -> list of [T_i, *act];
+          an int (negative counts from the end) -> [N, *act]; a list of ints -> [N, k, *act];
+          a tensor [N] of per-text indices -> [N, *act]; "span" with `spans` (character
+          spans in each text, mapped through the tokenizer's offsets) -> mean over the span's
+          tokens, [N, *act]. *act is [d_model], [d_mlp] or [H, d_head] by site kind.
+        """
+        texts = list(texts)
+        names = [str(_sites.parse_site(s, self.n_layers)) for s in sites]
+        if not texts or not names:
+            raise ValueError("cache needs at least one text and one site")
+        if positions == "span" and (spans is None or len(spans) != len(texts)):
+            raise ValueError("positions='span' needs spans, one (start, end) per text")
+        per_text = isinstance(positions, torch.Tensor)
+        if per_text and positions.shape != (len(texts),):
+            raise ValueError(f"a positions tensor needs shape [{len(texts)}], got {tuple(positions.shape)}")
+        out: dict[str, list] = {n: [] for n in names}
+        bar = tqdm(total=len(texts), desc="cache", unit="text", disable=not progress)
+        for start in range(0, len(texts), batch_size):
+            chunk = slice(start, start + batch_size)
+            enc = self.encode(texts[chunk], templated=templated, offsets=positions == "span")
+            sel = _selector(enc, positions[chunk] if per_text else positions,
+                            spans[chunk] if positions == "span" else None)
+            store = {n: [] for n in names}
+
+            def read(act, site, _store=store):
+                got = sel(act)
+                _store[str(site)].append([g.to(dtype) for g in got] if isinstance(got, list)
+                                         else got.to(dtype))
+
+            with self.hooks({n: read for n in names}):
+                self.forward(enc["input_ids"], enc["attention_mask"])
+            for n in names:
+                out[n] += store[n][0] if positions == "all" else [store[n][0]]
+            bar.update(len(texts[chunk]))
+        bar.close()
+        return {n: (v if positions == "all" else torch.cat(v)) for n, v in out.items()}
+
+
+def _selector(enc, positions, spans):
+    """A function mapping a hooked activation [B, T, *act] to the requested positions."""
+    mask = enc["attention_mask"].bool()                          # [B, T]
+    lengths = mask.sum(-1)
+    real = [row.nonzero().squeeze(-1) for row in mask]           # real token indices per row
+    B = mask.shape[0]
+
+    def absolute(rel: torch.Tensor) -> torch.Tensor:             # [B, k] relative -> absolute
+        rel = torch.where(rel < 0, rel + lengths[:, None], rel)
+        if (rel < 0).any() or (rel >= lengths[:, None]).any():
+            raise ValueError(f"position out of range for a text of {int(lengths.min())} tokens")
+        return torch.stack([real[b][rel[b]] for b in range(B)])
+
+    if positions == "all":
+        return lambda act: [act[b, real[b].to(act.device)] for b in range(B)]
+    if positions == "span":
+        weights = torch.zeros(mask.shape)
+        for b, (span, offs) in enumerate(zip(spans, enc["offset_mapping"])):
+            if span is None:
+                raise ValueError(f"text {b} has no span; positions='span' needs one for every text")
+            hit = (offs[:, 0] < span[1]) & (offs[:, 1] > span[0]) & mask[b] & (offs[:, 1] > offs[:, 0])
+            if not hit.any():
+                raise ValueError(f"span {span} covers no token of text {b}")
+            weights[b] = hit.float() / hit.sum()
+        return lambda act: torch.einsum("bt,bt...->b...", weights.to(act), act)
+    if positions == "last":
+        idx, squeeze = absolute(torch.full((B, 1), -1)), True
+    elif isinstance(positions, torch.Tensor):
+        idx, squeeze = absolute(positions.long()[:, None]), True
+    elif isinstance(positions, int):
+        idx, squeeze = absolute(torch.full((B, 1), positions)), True
+    elif isinstance(positions, (list, tuple)) and all(isinstance(p, int) for p in positions):
+        idx, squeeze = absolute(torch.tensor(positions).expand(B, -1)), False
+    else:
+        raise ValueError(f"bad positions {positions!r}: 'last', 'all', 'span', an int, a list "
+                         "of ints or a tensor of per-text indices")
+    rows = torch.arange(B)[:, None]
+
+    def pick(act):
+        got = act[rows.to(act.device), idx.to(act.device)]       # [B, k, *act]
+        return got[:, 0] if squeeze else got
+    return pick
