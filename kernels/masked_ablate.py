@@ -1,0 +1,294 @@
+"""masked_ablate: edit the units each batch row's variant selects (zero / mean / patch / scale).
+
+One call runs V ablation variants side by side in one batch: row b of x gets variant
+row_variant[b] (-1 = untouched). A variant is a packed bitmask over units; a unit is `group`
+consecutive features (group=1: neurons; group=d_head on z flattened to H*d_head: heads).
+
+    out = masked_ablate(x, row_variant, mask, mode="zero")                 # x [B, T, W]
+    out = masked_ablate(z, row_variant, mask, mode="mean", fill=z_mean, group=d_head)
+
+Contract:
+- x [B, T, W] float32/bfloat16/float16; row_variant [B] int32/int64 in [-1, V).
+- mask [V, n_words] int32, n_words >= ceil(W / group / 32): unit u of variant v is bit (u % 32)
+  of mask[v, u // 32], least significant bit first; unit u covers features u*group .. u*group +
+  group - 1. Bits past the last unit (u >= W / group) are ignored. W % group must be 0.
+- mode "zero": edited := 0; "mean": fill [W], edited := fill[w]; "patch": fill [B, T, W] (a source
+  run), edited := fill[b, t, w]; "scale": fill is a python number, edited := x * fill (fp32
+  product, rounded once to x's dtype).
+- fill dtype rule: any floating dtype; values are converted to x's dtype (one rounding, exactly
+  `fill.to(x.dtype)`). The output always has x's dtype.
+- pos_start [B] int32/int64 in [0, T]: edit only positions t >= pos_start[b] (T = no edit).
+- Out of place by default (x untouched); inplace=True edits x and returns it.
+- Forward only: when autograd needs this op (grad enabled and x or fill requires grad), impl=None
+  runs the differentiable torch reference; impl="triton"/"cpp" raise.
+- Validation reads row_variant / pos_start values: one host sync on CUDA.
+
+Faces (see `_dispatch.choose`): Triton (CUDA), the C++ op torch.ops.emofast.masked_ablate(_)
+(CPU), and `masked_ablate_reference` (pure torch, the tests' oracle).
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+import triton
+import triton.language as tl
+
+from ._dispatch import choose, cpp_ops
+
+MODES = ("zero", "mean", "patch", "scale")
+_MODE_ID = {m: i for i, m in enumerate(MODES)}
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_MAX_BLOCK_W = 1024
+
+
+@triton.jit
+def _masked_ablate_fwd_kernel(
+    x_ptr,            # [B*T, W]
+    out_ptr,          # [B*T, W] (x_ptr itself when INPLACE)
+    fill_ptr,         # [W] (mean) | [B*T, W] (patch) | unused
+    row_variant_ptr,  # [B] int32/int64
+    mask_ptr,         # [V, n_words] int32
+    pos_start_ptr,    # [B] int32/int64 | unused without HAS_POS
+    T, W, n_words, factor,
+    MODE: tl.constexpr,      # 0 zero, 1 mean, 2 patch, 3 scale
+    GROUP: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    INPLACE: tl.constexpr,
+    LOAD_X: tl.constexpr,    # x is needed: out of place, or mode scale
+    BLOCK_W: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    col0 = tl.program_id(1).to(tl.int64) * BLOCK_W
+    b = row // T
+    t = row % T
+    v = tl.load(row_variant_ptr + b).to(tl.int64)
+    active = v >= 0
+    if HAS_POS:
+        active = active & (t >= tl.load(pos_start_ptr + b).to(tl.int64))
+
+    n_live = tl.where(active, W, 0)  # features this row may edit (vector masks only below)
+
+    offs = col0 + tl.arange(0, BLOCK_W)  # int64 feature index
+    in_row = offs < W
+    live = offs < n_live                # in_row and the row is edited
+    unit = offs // GROUP
+    word = tl.load(mask_ptr + tl.maximum(v, 0) * n_words + unit // 32, mask=live, other=0)
+    edit = (((word >> (unit % 32).to(tl.int32)) & 1) != 0) & live
+
+    base = row * W
+    if LOAD_X:
+        if INPLACE:
+            x_mask = edit  # in place, unedited features are neither read nor written
+        else:
+            x_mask = in_row
+        x = tl.load(x_ptr + base + offs, mask=x_mask, other=0.0)
+    if MODE == 0:
+        new = tl.zeros([BLOCK_W], dtype=tl.float32)
+    elif MODE == 1:
+        new = tl.load(fill_ptr + offs, mask=edit, other=0.0)
+    elif MODE == 2:
+        new = tl.load(fill_ptr + base + offs, mask=edit, other=0.0)
+    else:
+        new = x.to(tl.float32) * factor
+    new = new.to(out_ptr.dtype.element_ty)
+    if INPLACE:
+        tl.store(out_ptr + base + offs, new, mask=edit)
+    else:
+        tl.store(out_ptr + base + offs, tl.where(edit, new, x), mask=in_row)
+
+
+def _masked_ablate_triton(x, row_variant, mask, mode, fill, factor, group, pos_start, inplace):
+    B, T, W = x.shape
+    work = x if x.is_contiguous() else x.contiguous()  # [B, T, W]
+    out = work if inplace else torch.empty_like(work)
+    fill_arg = fill.contiguous() if isinstance(fill, torch.Tensor) else work  # [W] | [B, T, W]
+    pos_arg = pos_start.contiguous() if pos_start is not None else row_variant
+    block_w = min(triton.next_power_of_2(W), _MAX_BLOCK_W)
+    grid = (B * T, triton.cdiv(W, block_w))
+    _masked_ablate_fwd_kernel[grid](
+        work, out, fill_arg, row_variant.contiguous(), mask.contiguous(), pos_arg,
+        T, W, mask.shape[1], float(factor),
+        MODE=_MODE_ID[mode], GROUP=group, HAS_POS=pos_start is not None, INPLACE=inplace,
+        LOAD_X=mode == "scale" or not inplace, BLOCK_W=block_w, num_warps=4,
+    )
+    if inplace and work is not x:
+        x.copy_(work)
+        return x
+    return out
+
+
+def _masked_ablate_torch(x, row_variant, mask, mode, fill, factor, group, pos_start):
+    """Vectorised torch: gather each row's mask words, expand bits to features, torch.where."""
+    B, T, W = x.shape
+    rv = row_variant.long()
+    unit = torch.arange(W, device=x.device) // group                         # [W]
+    words = mask[rv.clamp(min=0)][:, unit // 32]                             # [B, W]
+    edit = ((words >> (unit % 32).to(torch.int32)) & 1).bool() & (rv >= 0)[:, None]
+    edit = edit[:, None, :]                                                  # [B, 1, W]
+    if pos_start is not None:
+        pos_ok = torch.arange(T, device=x.device) >= pos_start[:, None]      # [B, T]
+        edit = edit & pos_ok[:, :, None]                                     # [B, T, W]
+    if mode == "zero":
+        new = x.new_zeros(())
+    elif mode == "scale":
+        new = x * factor
+    else:  # mean [W] broadcasts; patch [B, T, W]
+        new = fill.to(x.dtype)
+    return torch.where(edit, new, x)
+
+
+def masked_ablate_reference(x: torch.Tensor, row_variant: torch.Tensor, mask: torch.Tensor, *,
+                            mode: str, fill=None, group: int = 1,
+                            pos_start: torch.Tensor | None = None,
+                            inplace: bool = False) -> torch.Tensor:
+    """Pure-torch masked_ablate (same contract as `masked_ablate`): the oracle and last resort."""
+    factor = _check_args(x, row_variant, mask, mode, fill, group, pos_start)
+    if mask.shape[0] == 0 or x.numel() == 0:  # V = 0: every row is -1
+        return x if inplace else x.clone()
+    out = _masked_ablate_torch(x, row_variant, mask, mode, fill, factor, group, pos_start)
+    return x.copy_(out) if inplace else out
+
+
+def _masked_ablate_cpp(x, row_variant, mask, mode, fill, factor, group, pos_start, inplace):
+    ops = cpp_ops()
+    fill_t = fill.to(x.dtype) if isinstance(fill, torch.Tensor) else None
+    if inplace:
+        ops.masked_ablate_(x, row_variant, mask, mode, fill_t, factor, group, pos_start)
+        return x
+    return ops.masked_ablate(x, row_variant, mask, mode, fill_t, factor, group, pos_start)
+
+
+def _register_fakes() -> None:
+    """Fake (meta) kernels so the C++ ops run under torch.compile / opcheck."""
+    try:
+        import emofast._C  # noqa: F401  (defines torch.ops.emofast.*)
+    except (ImportError, OSError):
+        return  # _dispatch reports a missing extension once, on the first CPU call
+    if not hasattr(torch.ops.emofast, "masked_ablate"):
+        return
+
+    @torch.library.register_fake("emofast::masked_ablate")
+    def _(x, row_variant, mask, edit_mode, fill, scale, group, pos_start):
+        torch._check(x.dim() == 3, lambda: "masked_ablate: x must be [B, T, W]")
+        return x.new_empty(x.shape)
+
+    @torch.library.register_fake("emofast::masked_ablate_")
+    def _(x, row_variant, mask, edit_mode, fill, scale, group, pos_start):
+        torch._check(x.dim() == 3, lambda: "masked_ablate_: x must be [B, T, W]")
+
+
+_register_fakes()
+
+
+def _check_args(x, row_variant, mask, mode, fill, group, pos_start) -> float:
+    """Raise ValueError on any contract violation; return the scale factor (1.0 unless scale)."""
+    if mode not in MODES:
+        raise ValueError(f"masked_ablate: mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"masked_ablate: x must be a [B, T, W] tensor, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"masked_ablate: x must be float32, bfloat16 or float16, got {x.dtype}")
+    B, T, W = x.shape
+    dev = x.device
+    if row_variant.dim() != 1 or row_variant.shape[0] != B:
+        raise ValueError(f"masked_ablate: row_variant must be [B] = [{B}], got "
+                         f"{tuple(row_variant.shape)}")
+    if row_variant.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"masked_ablate: row_variant must be int32 or int64, got "
+                         f"{row_variant.dtype}")
+    if mask.dim() != 2 or mask.dtype != torch.int32:
+        raise ValueError(f"masked_ablate: mask must be a [V, n_words] int32 tensor of packed bits, "
+                         f"got {tuple(mask.shape)} {mask.dtype}")
+    if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+        raise ValueError(f"masked_ablate: group must be an int >= 1, got {group!r}")
+    if W % group:
+        raise ValueError(f"masked_ablate: W = {W} is not divisible by group = {group}")
+    n_units = W // group
+    need = (n_units + 31) // 32
+    if mask.shape[1] < need:
+        raise ValueError(f"masked_ablate: mask has {mask.shape[1]} words per variant but "
+                         f"W / group = {n_units} units need {need}")
+    tensors = {"row_variant": row_variant, "mask": mask}
+    factor = 1.0
+    if mode in ("zero", "scale") and isinstance(fill, torch.Tensor):
+        raise ValueError(f"masked_ablate: mode {mode!r} takes "
+                         + ("no fill" if mode == "zero" else "fill = a python number (the factor)")
+                         + f", got a tensor")
+    if mode == "zero" and fill is not None:
+        raise ValueError(f"masked_ablate: mode 'zero' takes no fill, got {fill!r}")
+    if mode == "scale":
+        if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
+            raise ValueError(f"masked_ablate: mode 'scale' needs fill = a python number (the "
+                             f"factor), got {fill!r}")
+        factor = float(fill)
+    if mode in ("mean", "patch"):
+        want = (W,) if mode == "mean" else (B, T, W)
+        if not isinstance(fill, torch.Tensor):
+            raise ValueError(f"masked_ablate: mode {mode!r} needs a fill tensor of shape {want}, "
+                             f"got {fill!r}")
+        if tuple(fill.shape) != want:
+            raise ValueError(f"masked_ablate: fill for mode {mode!r} must have shape {want}, got "
+                             f"{tuple(fill.shape)}")
+        if not fill.is_floating_point():
+            raise ValueError(f"masked_ablate: fill must be floating point (it is cast to x's "
+                             f"dtype {x.dtype}), got {fill.dtype}")
+        tensors["fill"] = fill
+    if pos_start is not None:
+        if pos_start.dim() != 1 or pos_start.shape[0] != B:
+            raise ValueError(f"masked_ablate: pos_start must be [B] = [{B}], got "
+                             f"{tuple(pos_start.shape)}")
+        if pos_start.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"masked_ablate: pos_start must be int32 or int64, got "
+                             f"{pos_start.dtype}")
+        tensors["pos_start"] = pos_start
+    for name, t in tensors.items():
+        if t.device != dev:
+            raise ValueError(f"masked_ablate: {name} is on {t.device} but x is on {dev}; "
+                             f"move every tensor to one device")
+    _check_values(row_variant, mask.shape[0], pos_start, T, "masked_ablate")
+    return factor
+
+
+def _check_values(row_variant, V, pos_start, T, op) -> None:
+    """row_variant in [-1, V), pos_start in [0, T]; one host sync for both."""
+    bad = ((row_variant < -1) | (row_variant >= V)).any()
+    if pos_start is not None:
+        bad = bad | ((pos_start < 0) | (pos_start > T)).any()
+    if not bad.item():
+        return
+    rv = row_variant.cpu()
+    wrong = rv[(rv < -1) | (rv >= V)]
+    if wrong.numel():
+        raise ValueError(f"{op}: row_variant values must be -1 (no edit) or in [0, V = {V}), "
+                         f"got {wrong.tolist()[:8]}")
+    ps = pos_start.cpu()
+    raise ValueError(f"{op}: pos_start values must lie in [0, T = {T}] (T = no edit), got "
+                     f"{ps[(ps < 0) | (ps > T)].tolist()[:8]}")
+
+
+def masked_ablate(x: torch.Tensor, row_variant: torch.Tensor, mask: torch.Tensor, *, mode: str,
+                  fill: torch.Tensor | float | None = None, group: int = 1,
+                  pos_start: torch.Tensor | None = None, inplace: bool = False,
+                  impl: str | None = None) -> torch.Tensor:
+    """Edit, per batch row, the units of its variant: x [B, T, W] -> [B, T, W] (see module doc)."""
+    factor = _check_args(x, row_variant, mask, mode, fill, group, pos_start)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or (isinstance(fill, torch.Tensor) and fill.requires_grad))
+    if needs_grad:
+        if impl not in (None, "torch"):
+            raise RuntimeError(f"masked_ablate: impl={impl!r} is forward-only but autograd needs "
+                               "this call; use impl='torch' (or None) or run under torch.no_grad()")
+        impl = "torch"
+    impl = choose("masked_ablate", x, impl)
+    if mask.shape[0] == 0 or x.numel() == 0:  # V = 0: every row is -1
+        return x if inplace else x.clone()
+    if impl == "triton":
+        return _masked_ablate_triton(x, row_variant, mask, mode, fill, factor, group, pos_start,
+                                     inplace)
+    if impl == "cpp":
+        return _masked_ablate_cpp(x, row_variant, mask, mode, fill, factor, group, pos_start,
+                                  inplace)
+    out = _masked_ablate_torch(x, row_variant, mask, mode, fill, factor, group, pos_start)
+    return x.copy_(out) if inplace else out

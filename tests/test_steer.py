@@ -1,0 +1,154 @@
+"""Steering and LM-preservation metrics against plain HF forwards with hand-written hooks."""
+import math
+
+import pytest
+import torch
+
+from emofast.directions import EmotionDirections
+from emofast.metrics import lm_preservation
+from emofast.steer import Steering, apply, generate
+
+TEXTS = ["The parcel arrived on Tuesday morning.", "Please close the window."]
+
+
+def _dirs(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(model.n_layers, 2, model.d_model, generator=g)
+    return EmotionDirections(v / v.norm(dim=-1, keepdim=True), ["joy", "anger"],
+                             list(range(model.n_layers)))
+
+
+def _logits(model, texts=TEXTS):
+    enc = model.encode(texts)
+    return model.forward(enc["input_ids"], enc["attention_mask"]).logits
+
+
+def _hf_hook_logits(model, layer, delta_fn):
+    """Independent oracle: a plain forward hook on the HF block adding delta_fn(h)."""
+    block = model.adapter.blocks[layer]
+
+    def hook(module, args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        new = h + delta_fn(h)
+        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+
+    handle = block.register_forward_hook(hook)
+    try:
+        return _logits(model)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("scale", ["abs", "rms"])
+def test_steering_matches_hand_hook(tiny, scale):
+    dirs = _dirs(tiny)
+    layer, alpha = 1, 2.5
+    v = dirs.get("anger", layer)
+    st = Steering.single(dirs, "anger", [layer], alpha, tiny.n_layers, scale=scale)
+    with torch.no_grad(), apply(tiny, st.take(slice(0, 2), 2)):
+        got = _logits(tiny)
+
+    def delta(h):
+        c = alpha * (h.pow(2).mean(-1, keepdim=True).sqrt() if scale == "rms" else 1.0)
+        return c * v
+
+    with torch.no_grad():
+        expected = _hf_hook_logits(tiny, layer, delta)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_alpha_zero_is_exactly_unsteered(tiny_llama):
+    dirs = _dirs(tiny_llama)
+    st = Steering.single(dirs, "joy", range(3), 0.0, tiny_llama.n_layers)
+    with torch.no_grad():
+        clean = _logits(tiny_llama)
+        with apply(tiny_llama, st.take(slice(0, 2), 2)):
+            same = _logits(tiny_llama)
+    assert torch.equal(clean, same)
+    a = generate(tiny_llama, TEXTS, max_new_tokens=5, progress=False)
+    b = generate(tiny_llama, TEXTS, steering=st, max_new_tokens=5, progress=False)
+    assert a == b
+
+
+def test_sign_of_alpha_moves_the_target_logit(tiny):
+    """Steering the last layer along a token's unembedding raises (alpha>0) / lowers its logit."""
+    last, token = tiny.n_layers - 1, 65
+    u = tiny.adapter.W_U[:, token].clone()
+    u = u - u.mean()
+    v = torch.zeros(tiny.n_layers, 1, tiny.d_model)
+    v[last, 0] = u / u.norm()
+    dirs = EmotionDirections(v[last:], ["up"], [last])
+    with torch.no_grad():
+        clean = _logits(tiny)[..., token]
+        moved = {}
+        for alpha in (-1.0, 1.0):
+            st = Steering.single(dirs, "up", [last], alpha, tiny.n_layers)
+            with apply(tiny, st.take(slice(0, 2), 2)):
+                moved[alpha] = _logits(tiny)[..., token]
+    mask = tiny.encode(TEXTS)["attention_mask"].bool()
+    assert (moved[1.0] - clean)[mask].min() > 0
+    assert (moved[-1.0] - clean)[mask].max() < 0
+
+
+def test_positions_rules(tiny_llama):
+    """last-k edits only the last k positions; prompt/generated split the forward calls."""
+    m, dirs, seen = tiny_llama, _dirs(tiny_llama), {}
+
+    def grab(name):
+        def fn(act, site):
+            seen[name] = act.clone()
+        return fn
+
+    enc = m.encode(["abcdefgh"])
+    with torch.no_grad(), m.hooks({"L2.resid_pre": grab("clean")}):
+        m.forward(enc["input_ids"], enc["attention_mask"])
+    for positions, changed in ((2, [6, 7]), ("all", list(range(8))), ("generated", [])):
+        st = Steering.single(dirs, "joy", [1], 3.0, m.n_layers, positions=positions)
+        with torch.no_grad(), apply(m, st.take(slice(0, 1), 1)), m.hooks({"L2.resid_pre": grab("s")}):
+            m.forward(enc["input_ids"], enc["attention_mask"])       # the first (prompt) call
+        diff = (seen["s"] - seen["clean"]).abs().amax(-1)[0]
+        assert (diff > 1e-6).nonzero().squeeze(-1).tolist() == changed, positions
+    st = Steering.single(dirs, "joy", [1], 3.0, m.n_layers, positions="prompt")
+    with torch.no_grad(), apply(m, st.take(slice(0, 1), 1)), m.hooks({"L2.resid_pre": grab("s")}):
+        m.forward(enc["input_ids"], enc["attention_mask"])
+        first = seen["s"].clone()
+        m.forward(enc["input_ids"], enc["attention_mask"])           # a later (generated) call
+    assert not torch.allclose(first, seen["clean"]) and torch.equal(seen["s"], seen["clean"])
+
+
+def test_grid_rows_in_one_batch_match_separate_runs(tiny_llama):
+    m, dirs = tiny_llama, _dirs(tiny_llama)
+    rows = [("joy", [0, 1], 2.0), (None, [], 0.0), ("anger", [2], -1.5)]
+    prompts = ["hello there", "hello there", "hello there"]
+    batched = generate(m, prompts, steering=Steering.rows(dirs, rows, m.n_layers), max_new_tokens=6,
+                       progress=False)
+    for row, got in zip(rows, batched):
+        alone = generate(m, prompts[:1], steering=Steering.rows(dirs, [row], m.n_layers),
+                         max_new_tokens=6, progress=False)
+        assert alone == [got]
+
+
+def test_steering_validation(tiny_llama):
+    dirs = _dirs(tiny_llama)
+    with pytest.raises(ValueError, match="no direction for emotion 'fear'"):
+        Steering.single(dirs, "fear", [0], 1.0, tiny_llama.n_layers)
+    with pytest.raises(ValueError, match="layer 5 out of range"):
+        Steering.single(dirs, "joy", [5], 1.0, tiny_llama.n_layers)
+    with pytest.raises(ValueError, match="positions must be"):
+        Steering.single(dirs, "joy", [0], 1.0, tiny_llama.n_layers, positions="last")
+    partial = EmotionDirections(dirs.vectors[:1], dirs.emotions, [0])
+    with pytest.raises(ValueError, match=r"no direction for layer\(s\) \[2\]"):
+        Steering.single(partial, "joy", [2], 1.0, tiny_llama.n_layers)
+
+
+def test_lm_preservation_matches_hf_loss(tiny_llama):
+    m = tiny_llama
+    res = lm_preservation(m, TEXTS[:1])
+    enc = m.encode(TEXTS[:1])
+    with torch.no_grad():
+        loss = m.hf(input_ids=enc["input_ids"], labels=enc["input_ids"]).loss
+    assert res.ppl_clean == pytest.approx(math.exp(loss.item()), rel=1e-5)
+    assert res.ppl_edited == pytest.approx(res.ppl_clean) and res.kl_mean == pytest.approx(0, abs=1e-7)
+    st = Steering.single(_dirs(m), "joy", [0, 1], 4.0, m.n_layers)
+    moved = lm_preservation(m, TEXTS, st)
+    assert moved.kl_mean > 1e-4 and moved.ppl_edited != moved.ppl_clean
