@@ -1,11 +1,14 @@
-"""Language-model preservation: how much an intervention disturbs ordinary text.
+"""Language-model preservation (how much an intervention disturbs ordinary text) and fluency.
 
-    clean, edited = lm_preservation(model, neutral_texts, steering)
-    # -> PreservationResult(ppl_clean, ppl_edited, kl_mean)
+    [result] = lm_preservation(model, neutral_texts, [steering])
+    # -> PreservationResult(ppl_clean, ppl_edited, kl_mean), one per intervention
 
 Both are teacher-forced over every position of each text. The steering runs as it would on a
 prompt pass (its `positions` rule applies to the text), so "last k" steering perturbs only the
 last k tokens of each text; use positions="all" for the strict, every-token number.
+
+`distinct_n` flags degenerate generations ("I I I I ..."), which an emotion judge may still
+label confidently: steering selection gates on it.
 """
 from __future__ import annotations
 
@@ -24,38 +27,56 @@ class PreservationResult(NamedTuple):
     kl_mean: float          # mean over real next-token positions of KL(clean || edited), nats
 
 
-def _logits(model: Model, texts: Sequence[str], intervention, batch_size: int):
+def _logits(model: Model, batch: list[str], steering):
     from .steer import apply
 
-    for start in range(0, len(texts), batch_size):
-        batch = list(texts[start:start + batch_size])
-        enc = model.encode(batch)
-        rows = None if intervention is None else intervention.take(slice(0, len(batch)), len(batch))
-        with apply(model, rows):
-            logits = model.forward(enc["input_ids"], enc["attention_mask"]).logits.float()
-        yield enc, logits
+    enc = model.encode(batch)
+    rows = None if steering is None else steering.take(slice(0, len(batch)), len(batch))
+    with apply(model, rows):
+        return enc, model.forward(enc["input_ids"], enc["attention_mask"]).logits.float()
 
 
 @torch.inference_mode()
-def lm_preservation(model: Model, texts: Sequence[str], steering=None, *,
-                    batch_size: int = 16) -> PreservationResult:
-    """Perplexity with and without `steering` (a `Steering`, broadcast to every text), and the
-    mean next-token KL(clean || edited) over all real positions."""
+def lm_preservation(model: Model, texts: Sequence[str], steerings: Sequence, *,
+                    batch_size: int = 16) -> list[PreservationResult]:
+    """For each intervention in `steerings` (a `Steering`, broadcast to every text; None = no
+    edit): perplexity with and without it, and the mean next-token KL(clean || edited) over all
+    real positions. The clean forward runs once per batch, shared by every intervention."""
     if not texts:
         raise ValueError("lm_preservation needs at least one text")
-    nll = {"clean": 0.0, "edited": 0.0}
-    kl_sum, n_pairs, n_real = 0.0, 0, 0
-    for (enc, clean), (_, edited) in zip(_logits(model, texts, None, batch_size),
-                                         _logits(model, texts, steering, batch_size)):
-        ids, mask = enc["input_ids"].to(clean.device), enc["attention_mask"].to(clean.device).bool()
-        pairs = mask[:, 1:] & mask[:, :-1]                                # [B, T-1] real pairs
-        for key, logits in (("clean", clean), ("edited", edited)):
-            logp = F.log_softmax(logits[:, :-1], -1)
-            nll[key] -= logp.gather(-1, ids[:, 1:, None]).squeeze(-1)[pairs].sum().item()
-        lp_c, lp_e = F.log_softmax(clean, -1), F.log_softmax(edited, -1)
-        kl_sum += (lp_c.exp() * (lp_c - lp_e)).sum(-1)[mask].sum().item()  # [B, T] -> real
+    K = len(steerings)
+    nll_clean, nll, kl = 0.0, [0.0] * K, [0.0] * K
+    n_pairs = n_real = 0
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start:start + batch_size])
+        enc, clean = _logits(model, batch, None)
+        ids = enc["input_ids"].to(clean.device)
+        mask = enc["attention_mask"].to(clean.device).bool()
+        pairs = mask[:, 1:] & mask[:, :-1]                                  # [B, T-1] real pairs
+        lp_clean = F.log_softmax(clean, -1)                                 # [B, T, V]
+
+        def nll_of(logp):
+            return -logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)[pairs].sum().item()
+
+        nll_clean += nll_of(lp_clean)
+        for k, steering in enumerate(steerings):
+            lp = F.log_softmax(_logits(model, batch, steering)[1], -1)
+            nll[k] += nll_of(lp)
+            kl[k] += (lp_clean.exp() * (lp_clean - lp)).sum(-1)[mask].sum().item()
         n_pairs, n_real = n_pairs + int(pairs.sum()), n_real + int(mask.sum())
     if n_pairs == 0:
         raise ValueError("texts need at least two tokens each to measure perplexity")
-    return PreservationResult(math.exp(nll["clean"] / n_pairs), math.exp(nll["edited"] / n_pairs),
-                              kl_sum / n_real)
+    ppl_clean = math.exp(nll_clean / n_pairs)
+    return [PreservationResult(ppl_clean, math.exp(nll[k] / n_pairs), kl[k] / n_real)
+            for k in range(K)]
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> list[float]:
+    """Per text: distinct word n-grams / all word n-grams (1.0 = no repetition; texts shorter
+    than n words count as 1.0 when non-empty, 0.0 when empty)."""
+    out = []
+    for text in texts:
+        words = text.split()
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        out.append(len(set(grams)) / len(grams) if grams else float(bool(words)))
+    return out

@@ -143,7 +143,9 @@ def fit_probe(
 
 
 def centroid_classify(train_acts: Tensor, train_labels: Sequence[str], test_acts: Tensor) -> list[str]:
-    """Nearest class mean by cosine, after subtracting the train global mean from both sides.
+    """Nearest class mean by cosine, after standardising both sides with the train mean and
+    per-dimension std (LLM residuals have a few huge-variance dimensions that would otherwise
+    decide every cosine).
 
     train_acts [N, d_model], test_acts [M, d_model] -> M predicted labels.
     """
@@ -153,10 +155,12 @@ def centroid_classify(train_acts: Tensor, train_labels: Sequence[str], test_acts
     classes = sorted(set(labels))
     x = train_acts.to(torch.float32)
     mu = x.mean(dim=0)  # [d_model]
+    sd = x.std(dim=0, unbiased=False).clamp(min=1e-6) if len(x) > 1 else torch.ones_like(mu)
     y = torch.tensor([classes.index(label) for label in labels], device=x.device)  # [N]
-    centroids = x.new_zeros(len(classes), x.shape[1]).index_add_(0, y, x - mu)  # [E, d_model]
+    centroids = x.new_zeros(len(classes), x.shape[1]).index_add_(0, y, (x - mu) / sd)  # [E, d]
     centroids /= torch.bincount(y, minlength=len(classes))[:, None]
-    sims = F.normalize(test_acts.to(torch.float32) - mu, dim=-1) @ F.normalize(centroids, dim=-1).T  # [M, E]
+    z = (test_acts.to(torch.float32) - mu) / sd  # [M, d_model]
+    sims = F.normalize(z, dim=-1) @ F.normalize(centroids, dim=-1).T  # [M, E]
     return [classes[i] for i in sims.argmax(dim=-1).tolist()]
 
 

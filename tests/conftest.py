@@ -36,18 +36,18 @@ def tiny_config(family: str, vocab: int = 258):
     common = dict(vocab_size=vocab, bos_token_id=vocab - 1, eos_token_id=vocab - 1,
                   pad_token_id=vocab - 2)
     if family == "gpt2":
-        return GPT2Config(n_layer=3, n_embd=32, n_head=4, n_positions=128, **common)
+        return GPT2Config(n_layer=3, n_embd=32, n_head=4, n_positions=512, **common)
     if family.startswith("gpt_neox"):
         return GPTNeoXConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
-                             intermediate_size=48, max_position_embeddings=128,
+                             intermediate_size=48, max_position_embeddings=512,
                              use_parallel_residual=family == "gpt_neox", **common)
     if family == "gpt_neo":
-        return GPTNeoConfig(num_layers=3, hidden_size=32, num_heads=4, max_position_embeddings=128,
+        return GPTNeoConfig(num_layers=3, hidden_size=32, num_heads=4, max_position_embeddings=512,
                             attention_types=[[["global", "local"], 1], [["global"], 1]],
                             window_size=8, **common)
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[family]
     return cls(num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-               intermediate_size=48, max_position_embeddings=128, **common)
+               intermediate_size=48, max_position_embeddings=512, **common)
 
 
 def make_tiny(family: str, seed: int = 0) -> Model:

@@ -143,12 +143,12 @@ def test_steering_validation(tiny_llama):
 
 def test_lm_preservation_matches_hf_loss(tiny_llama):
     m = tiny_llama
-    res = lm_preservation(m, TEXTS[:1])
+    [res] = lm_preservation(m, TEXTS[:1], [None])
     enc = m.encode(TEXTS[:1])
     with torch.no_grad():
         loss = m.hf(input_ids=enc["input_ids"], labels=enc["input_ids"]).loss
     assert res.ppl_clean == pytest.approx(math.exp(loss.item()), rel=1e-5)
     assert res.ppl_edited == pytest.approx(res.ppl_clean) and res.kl_mean == pytest.approx(0, abs=1e-7)
     st = Steering.single(_dirs(m), "joy", [0, 1], 4.0, m.n_layers)
-    moved = lm_preservation(m, TEXTS, st)
+    [moved] = lm_preservation(m, TEXTS, [st])
     assert moved.kl_mean > 1e-4 and moved.ppl_edited != moved.ppl_clean

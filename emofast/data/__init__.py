@@ -27,6 +27,24 @@ VALENCES = ("positive", "neutral", "negative")
 BUILTIN = {"basic4": "basic4.jsonl", "sev6": "sev6.jsonl"}
 SYSTEM_TEMPLATE = "Always reply in {emotion}.\nKeep the reply to at most two sentences."
 NEUTRAL_SYSTEM = "Keep the reply to at most two sentences."
+# Short first-person openings of a reply that expresses each emotion. Prefilled after a SEV
+# prompt they put a model in the state of expressing the emotion, even a model too small to
+# follow "Always reply in {emotion}" (SmolLM2-135M mostly apologises instead).
+EXPRESSION_OPENERS = {
+    "anger": ("This is absolutely infuriating!", "I'm so angry right now.",
+              "How dare they do this to me!", "I am furious about this.", "This makes my blood boil."),
+    "sadness": ("This makes me so sad.", "I feel heartbroken.", "I'm so sad and disappointed.",
+                "My heart feels heavy.", "It just breaks my heart."),
+    "happiness": ("This makes me so happy!", "I'm overjoyed!", "What wonderful news, I'm delighted!",
+                  "I feel so cheerful right now.", "This fills me with joy!"),
+    "fear": ("This terrifies me.", "I'm so scared right now.", "I feel a chill of dread.",
+             "I'm afraid of what comes next.", "This fills me with fear."),
+    "surprise": ("Wow, I did not see that coming!", "What a shock!", "I'm completely astonished!",
+                 "Whoa, that's so unexpected!", "I can't believe it, what a surprise!"),
+    "disgust": ("That is disgusting and gross.", "I am disgusted by this.",
+                "That is so gross, it makes me want to throw up.", "How revolting and nasty.",
+                "Eww, that is disgusting."),
+}
 
 
 @dataclass
@@ -53,12 +71,14 @@ class Skeleton:
 @dataclass
 class Prompt:
     """One chat prompt: `system` may be None (no instruction). `emotion` is the instructed or
-    targeted emotion; `group` identifies the scenario-event shared across emotions."""
+    targeted emotion; `group` identifies the scenario-event shared across emotions; `prefill`
+    is text placed at the start of the assistant's reply."""
     system: str | None
     user: str
     emotion: str | None
     valence: str
     skeleton_id: str
+    prefill: str = ""
 
     @property
     def group(self) -> str:
@@ -177,14 +197,22 @@ def load_skeletons(name_or_path: str | Path = "sev6", *, split: str | None = Non
 
 
 def sev_prompts(skeletons: list[Skeleton], *, emotions: tuple[str, ...] | None = EMOTIONS6,
-                valences: tuple[str, ...] = VALENCES, instructed: bool = True) -> list[Prompt]:
+                valences: tuple[str, ...] = VALENCES, instructed: bool = True,
+                prefill: bool = False) -> list[Prompt]:
     """Elicitation prompts: each skeleton x valence x emotion. With `instructed=False` the system
-    prompt carries no emotion (the unsteered/steered condition) but the target emotion is kept."""
+    prompt carries no emotion (the unsteered/steered condition) but the target emotion is kept.
+    `prefill` starts each reply with one of EXPRESSION_OPENERS[emotion], rotating per skeleton."""
     out = []
-    for s in skeletons:
+    for k, s in enumerate(skeletons):
         for valence in valences:
             user = f"{s.scenario}\n{s.event[valence]}"
             for emotion in emotions or (None,):
                 system = SYSTEM_TEMPLATE.format(emotion=emotion) if instructed and emotion else NEUTRAL_SYSTEM
-                out.append(Prompt(system, user, emotion, valence, s.skeleton_id))
+                opener = ""
+                if prefill:
+                    if emotion not in EXPRESSION_OPENERS:
+                        raise ValueError(f"no expression openers for emotion {emotion!r}: have "
+                                         f"{', '.join(EXPRESSION_OPENERS)}")
+                    opener = EXPRESSION_OPENERS[emotion][k % len(EXPRESSION_OPENERS[emotion])]
+                out.append(Prompt(system, user, emotion, valence, s.skeleton_id, opener))
     return out

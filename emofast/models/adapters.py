@@ -25,7 +25,6 @@ class ArchSpec:
     mlp_down: str               # from a block: input [B, T, d_mlp], output [B, T, d_model]
     mid_norm: str               # from a block: the norm whose input is resid_mid
     final_norm: str             # from the model root
-    unembed: str = "lm_head"
     conv1d: bool = False        # weights stored [in, out] (GPT-2's Conv1D)
 
 
@@ -35,7 +34,7 @@ ADAPTERS: dict[str, ArchSpec] = {
     "gpt2": ArchSpec("transformer.h", "attn.c_proj", "mlp.c_proj", "ln_2", "transformer.ln_f",
                      conv1d=True),
     "gpt_neox": ArchSpec("gpt_neox.layers", "attention.dense", "mlp.dense_4h_to_h",
-                         "post_attention_layernorm", "gpt_neox.final_layer_norm", "embed_out"),
+                         "post_attention_layernorm", "gpt_neox.final_layer_norm"),
     "gpt_neo": ArchSpec("transformer.h", "attn.attention.out_proj", "mlp.c_proj", "ln_2",
                         "transformer.ln_f"),
     "llama": _LLAMA,
@@ -102,7 +101,7 @@ class Adapter:
     @property
     def W_U(self) -> torch.Tensor:
         """Unembedding, [d_model, V]."""
-        return self.model.get_submodule(self.spec.unembed).weight.detach().T
+        return self.model.get_output_embeddings().weight.detach().T
 
 
 def _dequantize(linear: nn.Module) -> torch.Tensor:

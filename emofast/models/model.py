@@ -43,14 +43,17 @@ class Model:
 
     # -- text in ---------------------------------------------------------------------------
     def chat_text(self, prompt: Prompt | str, system: str | None = None) -> str:
-        """Apply the chat template (with the generation prompt) when the tokenizer has one."""
+        """Apply the chat template (with the generation prompt) when the tokenizer has one; a
+        Prompt's `prefill` follows, as the start of the assistant's reply."""
         user, system = (prompt.user, prompt.system) if isinstance(prompt, Prompt) else (prompt, system)
         messages = ([{"role": "system", "content": system}] if system else []) + \
             [{"role": "user", "content": user}]
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                       add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+        else:
+            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+        return text + (prompt.prefill if isinstance(prompt, Prompt) else "")
 
     def encode(self, texts: Sequence[str], *, templated: bool = False, offsets: bool = False):
         """Tokenize a batch with padding; `templated` texts already carry special tokens."""
@@ -60,11 +63,14 @@ class Model:
                              add_special_tokens=not templated, return_offsets_mapping=offsets)
         return enc
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
-        """One HF forward with position ids derived from the mask (padding-side independent)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, base: bool = False,
+                **kwargs):
+        """One HF forward with position ids derived from the mask (padding-side independent);
+        `base=True` runs the transformer without the unembedding (no logits)."""
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         dev = self.device
-        return self.hf(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev),
+        module = self.hf.base_model if base else self.hf
+        return module(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev),
                        position_ids=position_ids.to(dev), use_cache=False, **kwargs)
 
     def hooks(self, mapping):
@@ -80,6 +86,7 @@ class Model:
         """Run `texts` and return `{site: activations}` at the chosen positions.
 
         positions: "last" (last real token) -> [N, *act]; "all" -> list of [T_i, *act];
+          "mean" (over the real tokens) -> [N, *act];
           an int (negative counts from the end) -> [N, *act]; a list of ints -> [N, k, *act];
           a tensor [N] of per-text indices -> [N, *act]; "span" with `spans` (character
           spans in each text, mapped through the tokenizer's offsets) -> mean over the span's
@@ -94,27 +101,42 @@ class Model:
         per_text = isinstance(positions, torch.Tensor)
         if per_text and positions.shape != (len(texts),):
             raise ValueError(f"a positions tensor needs shape [{len(texts)}], got {tuple(positions.shape)}")
-        out: dict[str, list] = {n: [] for n in names}
+        # Longest-first batches waste little padding; results go back to the caller's order.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        last_layer = max(_sites.parse_site(n).layer for n in names)
+        out: dict[str, list] = {n: [None] * len(texts) for n in names}
         bar = tqdm(total=len(texts), desc="cache", unit="text", disable=not progress)
         for start in range(0, len(texts), batch_size):
-            chunk = slice(start, start + batch_size)
-            enc = self.encode(texts[chunk], templated=templated, offsets=positions == "span")
-            sel = _selector(enc, positions[chunk] if per_text else positions,
-                            spans[chunk] if positions == "span" else None)
-            store = {n: [] for n in names}
+            idx = order[start:start + batch_size]
+            enc = self.encode([texts[i] for i in idx], templated=templated,
+                              offsets=positions == "span")
+            sel = _selector(enc, positions[idx] if per_text else positions,
+                            [spans[i] for i in idx] if positions == "span" else None)
+            store: dict[str, object] = {}
 
             def read(act, site, _store=store):
                 got = sel(act)
-                _store[str(site)].append([g.to(dtype) for g in got] if isinstance(got, list)
-                                         else got.to(dtype))
+                _store[str(site)] = ([g.to(dtype) for g in got] if isinstance(got, list)
+                                     else got.to(dtype))
 
-            with self.hooks({n: read for n in names}):
-                self.forward(enc["input_ids"], enc["attention_mask"])
+            def stop(act, site):
+                raise _StopForward
+
+            with self.hooks([(n, read) for n in names] + [(f"L{last_layer}.resid_post", stop)]):
+                try:  # the base model: no unembedding; stop once the last site is read
+                    self.forward(enc["input_ids"], enc["attention_mask"], base=True)
+                except _StopForward:
+                    pass
             for n in names:
-                out[n] += store[n][0] if positions == "all" else [store[n][0]]
-            bar.update(len(texts[chunk]))
+                for j, i in enumerate(idx):
+                    out[n][i] = store[n][j]
+            bar.update(len(idx))
         bar.close()
-        return {n: (v if positions == "all" else torch.cat(v)) for n, v in out.items()}
+        return {n: (v if positions == "all" else torch.stack(v)) for n, v in out.items()}
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward once every cached site has been read."""
 
 
 def _selector(enc, positions, spans):
@@ -132,6 +154,9 @@ def _selector(enc, positions, spans):
 
     if positions == "all":
         return lambda act: [act[b, real[b].to(act.device)] for b in range(B)]
+    if positions == "mean":
+        weights = mask.float() / lengths[:, None]
+        return lambda act: torch.einsum("bt,bt...->b...", weights.to(act), act)
     if positions == "span":
         weights = torch.zeros(mask.shape)
         for b, (span, offs) in enumerate(zip(spans, enc["offset_mapping"])):
