@@ -99,12 +99,15 @@ def cached_sev_directions(model: Model, skeletons: Sequence[Skeleton], *,
     """`sev_directions`, computed once per model and skeleton set under $EMOFAST_CACHE."""
     from .models.embedded import cache_dir
 
-    ids = ("\n".join(s.skeleton_id + s.scenario for s in skeletons) + repr(EXPRESSION_OPENERS)).encode()
-    key = f"{Path(model.name).name or 'model'}-{hashlib.sha256(ids).hexdigest()[:12]}"
-    folder = cache_dir() / "directions" / key
+    weights = next(model.hf.parameters())
+    ident = [model.name, model.hf.config.to_json_string(), str(weights.dtype),
+             repr(EXPRESSION_OPENERS)] + [s.skeleton_id + s.scenario for s in skeletons]
+    digest = hashlib.sha256("\n".join(ident).encode()).hexdigest()[:16]
+    folder = cache_dir() / "directions" / f"{Path(model.name).name or 'model'}-{digest}"
     if (folder / "directions.safetensors").is_file():
         return EmotionDirections.load(folder)
     dirs = sev_directions(model, skeletons, progress=progress)
-    os.makedirs(folder, exist_ok=True)
-    dirs.save(folder)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    dirs.save(tmp)
+    os.replace(tmp, folder)  # atomic: a killed run leaves no half-written entry
     return dirs

@@ -30,7 +30,7 @@ class PreservationResult(NamedTuple):
 def _logits(model: Model, batch: list[str], steering):
     from .steer import apply
 
-    enc = model.encode(batch)
+    enc = model.encode(batch, padding_side="left")  # last-k steering reaches every row's last tokens
     rows = None if steering is None else steering.take(slice(0, len(batch)), len(batch))
     with apply(model, rows):
         return enc, model.forward(enc["input_ids"], enc["attention_mask"]).logits.float()
@@ -44,6 +44,13 @@ def lm_preservation(model: Model, texts: Sequence[str], steerings: Sequence, *,
     real positions. The clean forward runs once per batch, shared by every intervention."""
     if not texts:
         raise ValueError("lm_preservation needs at least one text")
+    for st in steerings:
+        if st is not None and len(st.emotion_idx) != 1:
+            raise ValueError("lm_preservation applies each intervention to every text: give "
+                             f"one-row Steerings (Steering.single), not {len(st.emotion_idx)} rows")
+        if st is not None and st.positions == "generated":
+            raise ValueError("positions='generated' never acts on a teacher-forced text; measure "
+                             "with positions='all' (or 'prompt') instead")
     K = len(steerings)
     nll_clean, nll, kl = 0.0, [0.0] * K, [0.0] * K
     n_pairs = n_real = 0

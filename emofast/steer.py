@@ -11,7 +11,9 @@ d_model per token, as in arXiv 2510.11328), added to resid_post of L.
 
 positions: "all" every position of every forward; "prompt" only the prompt pass; "generated"
 only the passes that process generated tokens; an int k the last k positions of each forward
-(the last k prompt tokens, then each new token). alpha = 0 leaves the model exactly unchanged.
+(the last k prompt tokens, then each new token). Batches are left-padded (`generate` and
+`metrics.lm_preservation` do so), so the last k positions are every row's real last tokens.
+alpha = 0 leaves the model exactly unchanged.
 """
 from __future__ import annotations
 
@@ -51,6 +53,9 @@ class Steering:
         n = len(self.emotion_idx)
         if self.alpha.shape != (n,) or self.layer_mask.shape[0] != n:
             raise ValueError("emotion_idx, alpha and layer_mask need one entry per row")
+        if self.directions.site != "resid_post":
+            raise ValueError(f"steering adds to resid_post, but these directions were read at "
+                             f"{self.directions.site!r}: extract them at resid_post")
         steered = self.layer_mask.any(0).nonzero().squeeze(-1).tolist()
         missing = sorted(set(steered) - set(self.directions.layers))
         if missing:
@@ -59,8 +64,11 @@ class Steering:
 
     @classmethod
     def rows(cls, directions: EmotionDirections, rows: Sequence[tuple[str | None, Iterable[int], float]],
-             n_layers: int, *, positions: str | int = "all", scale: str = "abs") -> "Steering":
-        """One row per (emotion or None, layers, alpha); None or alpha 0 means unsteered."""
+             n_layers: int | None = None, *, positions: str | int = "all",
+             scale: str = "abs") -> "Steering":
+        """One row per (emotion or None, layers, alpha); None or alpha 0 means unsteered.
+        `n_layers` defaults to the deepest layer the directions cover, plus one."""
+        n_layers = n_layers or max(directions.layers) + 1
         emo = torch.full((len(rows),), -1, dtype=torch.long)
         alpha = torch.zeros(len(rows))
         mask = torch.zeros(len(rows), n_layers, dtype=torch.bool)
@@ -79,7 +87,7 @@ class Steering:
 
     @classmethod
     def single(cls, directions: EmotionDirections, emotion: str, layers: Iterable[int],
-               alpha: float, n_layers: int, **kw) -> "Steering":
+               alpha: float, n_layers: int | None = None, **kw) -> "Steering":
         """The same steering for every row (broadcast to any batch size)."""
         return cls.rows(directions, [(emotion, list(layers), alpha)], n_layers, **kw)
 
@@ -133,22 +141,29 @@ def generate(model: Model, prompts: Sequence[Prompt | str], *, steering: Steerin
     left padding; `chat` applies the tokenizer's chat template (a Prompt carries its system
     prompt). Returns only the newly generated text of each prompt."""
     tok = model.tokenizer
-    texts = [model.chat_text(p) if chat else (p.user if isinstance(p, Prompt) else p) for p in prompts]
-    side, tok.padding_side = tok.padding_side, "left"
+    if not chat and any(isinstance(p, Prompt) for p in prompts):
+        raise ValueError("chat=False generates from plain strings; a Prompt's system prompt and "
+                         "prefill need the chat template (chat=True)")
+    if steering is not None and (generate_kwargs.get("num_beams", 1) > 1
+                                 or generate_kwargs.get("num_return_sequences", 1) > 1
+                                 or generate_kwargs.get("use_cache") is False):
+        raise ValueError("steered generation needs one sequence per prompt and the KV cache: "
+                         "num_beams, num_return_sequences and use_cache=False are not supported")
+    if steering is not None and len(steering.emotion_idx) not in (1, len(prompts)):
+        raise ValueError(f"steering has {len(steering.emotion_idx)} rows for {len(prompts)} "
+                         "prompts: give one row, or one per prompt")
+    texts = [model.chat_text(p) for p in prompts] if chat else list(prompts)
     out: list[str] = []
-    try:
-        for start in tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress):
-            batch = texts[start:start + batch_size]
-            enc = model.encode(batch, templated=chat)
-            rows = None if steering is None else steering.take(slice(start, start + len(batch)), len(batch))
-            kwargs = dict(do_sample=False, max_new_tokens=max_new_tokens,
-                          pad_token_id=tok.pad_token_id, **generate_kwargs)
-            if not kwargs["do_sample"]:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            with apply(model, rows):
-                ids = model.hf.generate(input_ids=enc["input_ids"].to(model.device),
-                                        attention_mask=enc["attention_mask"].to(model.device), **kwargs)
-            out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tok.padding_side = side
+    for start in tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress):
+        batch = texts[start:start + batch_size]
+        enc = model.encode(batch, templated=chat, padding_side="left")
+        rows = None if steering is None else steering.take(slice(start, start + len(batch)), len(batch))
+        kwargs = dict(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                      **generate_kwargs)
+        if not kwargs["do_sample"]:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with apply(model, rows):
+            ids = model.hf.generate(input_ids=enc["input_ids"].to(model.device),
+                                    attention_mask=enc["attention_mask"].to(model.device), **kwargs)
+        out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return [t.strip() for t in out]

@@ -78,3 +78,20 @@ def test_demo_pipeline_writes_a_complete_report(tmp_path):
                 "steering_grid", "steering_accuracy"):
         assert (tmp_path / f"{png}.png").is_file() and f"{png}.png" in html
     assert EmotionDirections.load(tmp_path / "sev6").emotions == list(EMOTIONS6)
+
+
+def test_cached_sev_directions_are_reused(monkeypatch, tmp_path):
+    from emofast.extract import cached_sev_directions
+
+    monkeypatch.setenv("EMOFAST_CACHE", str(tmp_path))
+    m = make_tiny("llama")
+    skeletons = load_skeletons("sev6", split="train")[:2]
+    first = cached_sev_directions(m, skeletons, progress=False)
+    [entry] = list((tmp_path / "directions").iterdir())
+    assert not entry.name.endswith(".tmp") and (entry / "directions.safetensors").is_file()
+    again = cached_sev_directions(m, skeletons, progress=False)
+    assert torch.equal(first.vectors, again.vectors)
+    other = make_tiny("llama")
+    other.hf.to(torch.float64)                           # same name, other dtype: a new entry
+    cached_sev_directions(other, skeletons, progress=False)
+    assert len(list((tmp_path / "directions").iterdir())) == 2

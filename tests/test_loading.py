@@ -61,3 +61,21 @@ def test_unsupported_architecture_lists_supported():
                                   num_attention_heads=2, vocab_size=258, word_embed_proj_dim=16))
     with pytest.raises(ValueError, match=r"unsupported architecture 'opt': emofast supports .*llama"):
         emofast.Model(hf, tiny_tokenizer())
+
+
+def test_mistyped_local_path_is_not_sent_to_the_hub():
+    with pytest.raises(FileNotFoundError, match="looks like a path"):
+        emofast.load_model("./no-such-model-folder")
+
+
+def test_int8_gpt2_weights_keep_their_orientation(tmp_path):
+    """bitsandbytes replaces GPT-2's Conv1D ([in, out]) by Linear ([out, in])."""
+    pytest.importorskip("bitsandbytes")
+    m = make_tiny("gpt2")
+    m.hf.save_pretrained(tmp_path)
+    m.tokenizer.save_pretrained(tmp_path)
+    q = emofast.load_model(str(tmp_path), device="cpu", quantization="int8")
+    assert q.d_mlp == m.d_mlp == 128
+    for got, ref in ((q.adapter.W_down(1), m.adapter.W_down(1)), (q.adapter.W_O(1), m.adapter.W_O(1))):
+        assert got.shape == ref.shape
+        assert (got.float() - ref).abs().max() < 0.02 * ref.abs().max()

@@ -152,3 +152,34 @@ def test_lm_preservation_matches_hf_loss(tiny_llama):
     st = Steering.single(_dirs(m), "joy", [0, 1], 4.0, m.n_layers)
     [moved] = lm_preservation(m, TEXTS, [st])
     assert moved.kl_mean > 1e-4 and moved.ppl_edited != moved.ppl_clean
+
+
+def test_preservation_is_batch_invariant_with_last_k_steering(tiny_llama):
+    """Left padding puts every row's last tokens at the end: batching must not change results."""
+    m = tiny_llama
+    st = Steering.single(_dirs(m), "joy", [0, 1], 3.0, positions=1)
+    texts = ["hi there", "a much longer sentence than the first one"]
+    [together] = lm_preservation(m, texts, [st], batch_size=2)
+    [apart] = lm_preservation(m, texts, [st], batch_size=1)
+    assert together.kl_mean == pytest.approx(apart.kl_mean, rel=1e-4)
+    assert together.ppl_edited == pytest.approx(apart.ppl_edited, rel=1e-4)
+
+
+def test_misuse_is_refused_with_a_reason(tiny_llama):
+    m, dirs = tiny_llama, _dirs(tiny_llama)
+    two_rows = Steering.rows(dirs, [("joy", [0], 1.0), ("anger", [0], 1.0)])
+    with pytest.raises(ValueError, match="one-row Steerings"):
+        lm_preservation(m, TEXTS, [two_rows])
+    with pytest.raises(ValueError, match="never acts on a teacher-forced text"):
+        lm_preservation(m, TEXTS, [Steering.single(dirs, "joy", [0], 1.0, positions="generated")])
+    with pytest.raises(ValueError, match="num_beams"):
+        generate(m, TEXTS, steering=Steering.single(dirs, "joy", [0], 1.0), num_beams=2,
+                 max_new_tokens=2, progress=False)
+    with pytest.raises(ValueError, match="3 rows for 2 prompts"):
+        generate(m, TEXTS, steering=Steering.rows(dirs, [("joy", [0], 1.0)] * 3), progress=False)
+    with pytest.raises(ValueError, match="chat=False generates from plain strings"):
+        from emofast.data import Prompt
+        generate(m, [Prompt("sys", "hi", None, "neutral", "s1")], chat=False, progress=False)
+    elsewhere = EmotionDirections(dirs.vectors, dirs.emotions, dirs.layers, site="attn_out")
+    with pytest.raises(ValueError, match="read at 'attn_out'"):
+        Steering.single(elsewhere, "joy", [0], 1.0)

@@ -8,7 +8,7 @@ model and exposes the weights the analyses need, in one orientation whatever the
 
     W_down(L)  [d_mlp, d_model]        W_O(L)  [H, d_head, d_model]      W_U  [d_model, V]
 
-GPT-2 stores Conv1D weights as [in, out]; every other family uses nn.Linear [out, in].
+GPT-2's Conv1D stores weights as [in, out]; nn.Linear and bitsandbytes layers use [out, in].
 """
 from __future__ import annotations
 
@@ -25,14 +25,12 @@ class ArchSpec:
     mlp_down: str               # from a block: input [B, T, d_mlp], output [B, T, d_model]
     mid_norm: str               # from a block: the norm whose input is resid_mid
     final_norm: str             # from the model root
-    conv1d: bool = False        # weights stored [in, out] (GPT-2's Conv1D)
 
 
 _LLAMA = ArchSpec("model.layers", "self_attn.o_proj", "mlp.down_proj", "post_attention_layernorm",
                   "model.norm")
 ADAPTERS: dict[str, ArchSpec] = {
-    "gpt2": ArchSpec("transformer.h", "attn.c_proj", "mlp.c_proj", "ln_2", "transformer.ln_f",
-                     conv1d=True),
+    "gpt2": ArchSpec("transformer.h", "attn.c_proj", "mlp.c_proj", "ln_2", "transformer.ln_f"),
     "gpt_neox": ArchSpec("gpt_neox.layers", "attention.dense", "mlp.dense_4h_to_h",
                          "post_attention_layernorm", "gpt_neox.final_layer_norm"),
     "gpt_neo": ArchSpec("transformer.h", "attn.attention.out_proj", "mlp.c_proj", "ln_2",
@@ -69,12 +67,13 @@ class Adapter:
         return block if part == "block" else block.get_submodule(getattr(self.spec, part))
 
     def _weight(self, linear: nn.Module, out_features: int) -> torch.Tensor:
-        """Weight as [in, out], dequantising bitsandbytes layers."""
+        """Weight as [in, out], dequantising bitsandbytes layers (which are always [out, in],
+        also where they replaced GPT-2's Conv1D)."""
         w = linear.weight
         if w.dtype in (torch.int8, torch.uint8) or type(w).__name__ in ("Params4bit", "Int8Params"):
             w = _dequantize(linear)
         w = w.detach()
-        if self.spec.conv1d:
+        if type(linear).__name__ == "Conv1D":  # GPT-2 stores [in, out]
             return w
         if w.shape[0] != out_features and w.shape[1] == out_features:
             raise RuntimeError(f"unexpected weight layout {tuple(w.shape)} in {type(linear).__name__}")

@@ -72,9 +72,12 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | 
     torch_dtype = resolve_dtype(dtype, device)
     source = str(embedded_path(name_or_path, progress=progress)) if name_or_path in ALIASES \
         else str(name_or_path)
-    local = Path(source).is_dir()
+    local = Path(source).expanduser().is_dir()
     if not local and Path(source).exists():
         raise ValueError(f"{source} is a file: pass the folder that holds config.json")
+    if not local and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise FileNotFoundError(f"no model folder at {source!r} (it looks like a path, not a hub id)")
+    source = str(Path(source).expanduser()) if local else source
     kwargs = dict(dtype=torch_dtype)
     qconfig = _quantization_config(quantization, torch_dtype)
     if qconfig is not None:

@@ -55,13 +55,15 @@ class Model:
             text = "\n\n".join(m["content"] for m in messages) + "\n\n"
         return text + (prompt.prefill if isinstance(prompt, Prompt) else "")
 
-    def encode(self, texts: Sequence[str], *, templated: bool = False, offsets: bool = False):
-        """Tokenize a batch with padding; `templated` texts already carry special tokens."""
+    def encode(self, texts: Sequence[str], *, templated: bool = False, offsets: bool = False,
+               padding_side: str | None = None):
+        """Tokenize a batch with padding (the tokenizer's side unless `padding_side` is given);
+        `templated` texts already carry special tokens."""
         if isinstance(texts, str):
             raise TypeError("encode takes a list of texts, not one string")
-        enc = self.tokenizer(list(texts), return_tensors="pt", padding=True,
-                             add_special_tokens=not templated, return_offsets_mapping=offsets)
-        return enc
+        return self.tokenizer(list(texts), return_tensors="pt", padding=True,
+                              add_special_tokens=not templated, return_offsets_mapping=offsets,
+                              padding_side=padding_side or self.tokenizer.padding_side)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, base: bool = False,
                 **kwargs):
@@ -156,7 +158,7 @@ def _selector(enc, positions, spans):
         return lambda act: [act[b, real[b].to(act.device)] for b in range(B)]
     if positions == "mean":
         weights = mask.float() / lengths[:, None]
-        return lambda act: torch.einsum("bt,bt...->b...", weights.to(act), act)
+        return lambda act: torch.einsum("bt,bt...->b...", weights.to(act.device), act.float())
     if positions == "span":
         weights = torch.zeros(mask.shape)
         for b, (span, offs) in enumerate(zip(spans, enc["offset_mapping"])):
@@ -166,7 +168,7 @@ def _selector(enc, positions, spans):
             if not hit.any():
                 raise ValueError(f"span {span} covers no token of text {b}")
             weights[b] = hit.float() / hit.sum()
-        return lambda act: torch.einsum("bt,bt...->b...", weights.to(act), act)
+        return lambda act: torch.einsum("bt,bt...->b...", weights.to(act.device), act.float())
     if positions == "last":
         idx, squeeze = absolute(torch.full((B, 1), -1)), True
     elif isinstance(positions, torch.Tensor):
