@@ -16,7 +16,7 @@ try:
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp")
                      + [f for f in glob.glob("csrc/planner/*.cpp") if "/test_" not in f])
     ext_modules = [CppExtension(
-        "emofast._C", sources, include_dirs=["csrc"],
+        "emofast._C", sources, include_dirs=["csrc"], depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),
         extra_compile_args=["-O3", "-fopenmp", "-std=c++17"], extra_link_args=["-fopenmp"])]
 
     class OptionalBuildExtension(BuildExtension):

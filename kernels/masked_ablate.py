@@ -34,11 +34,12 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import (check_per_row_index, check_rows_tensor, check_same_device, check_values,
+                      forward_only, row_edit_fakes, row_edit_target)
 from ._dispatch import choose, cpp_ops
 
 MODES = ("zero", "mean", "patch", "scale")
 _MODE_ID = {m: i for i, m in enumerate(MODES)}
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_BLOCK_W = 1024
 
 
@@ -60,12 +61,7 @@ def _masked_ablate_fwd_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     col0 = tl.program_id(1).to(tl.int64) * BLOCK_W
-    b = row // T
-    t = row % T
-    v = tl.load(row_variant_ptr + b).to(tl.int64)
-    active = v >= 0
-    if HAS_POS:
-        active = active & (t >= tl.load(pos_start_ptr + b).to(tl.int64))
+    _, v, active = row_edit_target(row, T, row_variant_ptr, pos_start_ptr, HAS_POS)
 
     n_live = tl.where(active, W, 0)  # features this row may edit (vector masks only below)
 
@@ -159,45 +155,19 @@ def _masked_ablate_cpp(x, row_variant, mask, mode, fill, factor, group, pos_star
     return ops.masked_ablate(x, row_variant, mask, mode, fill_t, factor, group, pos_start)
 
 
-def _register_fakes() -> None:
-    """Fake (meta) kernels so the C++ ops run under torch.compile / opcheck."""
-    try:
-        import emofast._C  # noqa: F401  (defines torch.ops.emofast.*)
-    except (ImportError, OSError):
-        return  # _dispatch reports a missing extension once, on the first CPU call
-    if not hasattr(torch.ops.emofast, "masked_ablate"):
-        return
-
-    @torch.library.register_fake("emofast::masked_ablate")
-    def _(x, row_variant, mask, edit_mode, fill, scale, group, pos_start):
-        torch._check(x.dim() == 3, lambda: "masked_ablate: x must be [B, T, W]")
-        return x.new_empty(x.shape)
-
-    @torch.library.register_fake("emofast::masked_ablate_")
-    def _(x, row_variant, mask, edit_mode, fill, scale, group, pos_start):
-        torch._check(x.dim() == 3, lambda: "masked_ablate_: x must be [B, T, W]")
-
-
-_register_fakes()
+# Fake (meta) kernels so the C++ ops run under torch.compile / opcheck; registered from this
+# module, which the C++ library names with m.set_python_module.
+for _name, _fake in row_edit_fakes("masked_ablate", "x must be [B, T, W]").items():
+    torch.library.register_fake(f"emofast::{_name}")(_fake)
 
 
 def _check_args(x, row_variant, mask, mode, fill, group, pos_start) -> float:
     """Raise ValueError on any contract violation; return the scale factor (1.0 unless scale)."""
     if mode not in MODES:
         raise ValueError(f"masked_ablate: mode must be one of {MODES}, got {mode!r}")
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        raise ValueError(f"masked_ablate: x must be a [B, T, W] tensor, got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if x.dtype not in _DTYPES:
-        raise ValueError(f"masked_ablate: x must be float32, bfloat16 or float16, got {x.dtype}")
+    check_rows_tensor("masked_ablate", "x", x, "[B, T, W]")
     B, T, W = x.shape
-    dev = x.device
-    if row_variant.dim() != 1 or row_variant.shape[0] != B:
-        raise ValueError(f"masked_ablate: row_variant must be [B] = [{B}], got "
-                         f"{tuple(row_variant.shape)}")
-    if row_variant.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"masked_ablate: row_variant must be int32 or int64, got "
-                         f"{row_variant.dtype}")
+    check_per_row_index("masked_ablate", "row_variant", row_variant, B)
     if mask.dim() != 2 or mask.dtype != torch.int32:
         raise ValueError(f"masked_ablate: mask must be a [V, n_words] int32 tensor of packed bits, "
                          f"got {tuple(mask.shape)} {mask.dtype}")
@@ -236,36 +206,11 @@ def _check_args(x, row_variant, mask, mode, fill, group, pos_start) -> float:
                              f"dtype {x.dtype}), got {fill.dtype}")
         tensors["fill"] = fill
     if pos_start is not None:
-        if pos_start.dim() != 1 or pos_start.shape[0] != B:
-            raise ValueError(f"masked_ablate: pos_start must be [B] = [{B}], got "
-                             f"{tuple(pos_start.shape)}")
-        if pos_start.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"masked_ablate: pos_start must be int32 or int64, got "
-                             f"{pos_start.dtype}")
+        check_per_row_index("masked_ablate", "pos_start", pos_start, B)
         tensors["pos_start"] = pos_start
-    for name, t in tensors.items():
-        if t.device != dev:
-            raise ValueError(f"masked_ablate: {name} is on {t.device} but x is on {dev}; "
-                             f"move every tensor to one device")
-    _check_values(row_variant, mask.shape[0], pos_start, T, "masked_ablate")
+    check_same_device("masked_ablate", "x", x.device, tensors)
+    check_values(row_variant, mask.shape[0], pos_start, T, "masked_ablate")
     return factor
-
-
-def _check_values(row_variant, V, pos_start, T, op) -> None:
-    """row_variant in [-1, V), pos_start in [0, T]; one host sync for both."""
-    bad = ((row_variant < -1) | (row_variant >= V)).any()
-    if pos_start is not None:
-        bad = bad | ((pos_start < 0) | (pos_start > T)).any()
-    if not bad.item():
-        return
-    rv = row_variant.cpu()
-    wrong = rv[(rv < -1) | (rv >= V)]
-    if wrong.numel():
-        raise ValueError(f"{op}: row_variant values must be -1 (no edit) or in [0, V = {V}), "
-                         f"got {wrong.tolist()[:8]}")
-    ps = pos_start.cpu()
-    raise ValueError(f"{op}: pos_start values must lie in [0, T = {T}] (T = no edit), got "
-                     f"{ps[(ps < 0) | (ps > T)].tolist()[:8]}")
 
 
 def masked_ablate(x: torch.Tensor, row_variant: torch.Tensor, mask: torch.Tensor, *, mode: str,
@@ -276,12 +221,7 @@ def masked_ablate(x: torch.Tensor, row_variant: torch.Tensor, mask: torch.Tensor
     factor = _check_args(x, row_variant, mask, mode, fill, group, pos_start)
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or (isinstance(fill, torch.Tensor) and fill.requires_grad))
-    if needs_grad:
-        if impl not in (None, "torch"):
-            raise RuntimeError(f"masked_ablate: impl={impl!r} is forward-only but autograd needs "
-                               "this call; use impl='torch' (or None) or run under torch.no_grad()")
-        impl = "torch"
-    impl = choose("masked_ablate", x, impl)
+    impl = choose("masked_ablate", x, forward_only("masked_ablate", impl, needs_grad))
     if mask.shape[0] == 0 or x.numel() == 0:  # V = 0: every row is -1
         return x if inplace else x.clone()
     if impl == "triton":

@@ -32,9 +32,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._dispatch import choose, cpp_ops
-
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from ._common import FLOAT_DTYPES, cpp_ops_with
+from ._dispatch import choose
 
 
 @triton.jit
@@ -171,20 +170,11 @@ class SAEDecodeFunction(torch.autograd.Function):
 
 
 # ---- the C++ face: fake (meta) functions and autograd for torch.ops.emofast.sae_decode ----
-_cpp_registered = False
-
-
 def _cpp_op():
     """`torch.ops.emofast.sae_decode`, with its fake kernels and autograd registered once."""
-    global _cpp_registered
-    ops = cpp_ops()
-    if not _cpp_registered:
-        torch.library.register_fake("emofast::sae_decode")(_decode_fake)
-        torch.library.register_fake("emofast::sae_decode_backward")(_decode_backward_fake)
-        torch.library.register_autograd("emofast::sae_decode", _cpp_backward,
-                                        setup_context=_cpp_setup_context)
-        _cpp_registered = True
-    return ops.sae_decode
+    return cpp_ops_with(
+        fakes={"sae_decode": _decode_fake, "sae_decode_backward": _decode_backward_fake},
+        autograd={"sae_decode": (_cpp_backward, _cpp_setup_context)}).sae_decode
 
 
 def _decode_fake(indices, values, W_dec, b_dec):
@@ -240,7 +230,7 @@ def _check(indices, values, W_dec, b_dec) -> None:
                          f"got {tuple(b_dec.shape)}")
     if indices.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"sae_decode: indices must be int32 or int64, got {indices.dtype}")
-    if W_dec.dtype not in _DTYPES:
+    if W_dec.dtype not in FLOAT_DTYPES:
         raise TypeError("sae_decode: W_dec must be float32, bfloat16 or float16, got "
                         f"{W_dec.dtype}")
     for name, t in (("values", values), ("b_dec", b_dec)):

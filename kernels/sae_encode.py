@@ -49,11 +49,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import choose, cpp_ops
+from ._common import FLOAT_DTYPES, cpp_ops_with
+from ._dispatch import choose
 
 ACTIVATIONS = ("relu", "jumprelu", "topk")
 TOPK_MODE: Literal["torch", "tile"] = "torch"
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ACT_CODE = {"none": 0, "relu": 1, "jumprelu": 2}
 
 
@@ -270,21 +270,12 @@ class SAEEncodeFunction(torch.autograd.Function):
 
 
 # ---- the C++ face: fake functions and autograd for torch.ops.emofast.sae_encode{,_topk} ----
-_cpp_registered = False
-
-
 def _cpp_ops():
-    global _cpp_registered
-    ops = cpp_ops()
-    if not _cpp_registered:
-        torch.library.register_fake("emofast::sae_encode")(_encode_fake)
-        torch.library.register_fake("emofast::sae_encode_topk")(_encode_topk_fake)
-        torch.library.register_autograd("emofast::sae_encode", _cpp_backward,
-                                        setup_context=_cpp_setup_context)
-        torch.library.register_autograd("emofast::sae_encode_topk", _cpp_backward,
-                                        setup_context=_cpp_setup_context)
-        _cpp_registered = True
-    return ops
+    """`torch.ops.emofast`, with the fake kernels and autograd of both ops registered once."""
+    autograd = (_cpp_backward, _cpp_setup_context)
+    return cpp_ops_with(
+        fakes={"sae_encode": _encode_fake, "sae_encode_topk": _encode_topk_fake},
+        autograd={"sae_encode": autograd, "sae_encode_topk": autograd})
 
 
 def _encode_fake(x, W_enc, b_enc, b_dec, threshold, activation):
@@ -351,7 +342,7 @@ def _check(x, W_enc, b_enc, activation, k, threshold, b_dec, sparse) -> bool:
             raise ValueError(f"sae_encode: k must be an int in [1, d_sae = {d_sae}], got {k!r}")
     elif k is not None:
         raise ValueError("sae_encode: k is only used with activation='topk' or sparse=True")
-    if x.dtype not in _DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"sae_encode: x must be float32, bfloat16 or float16, got {x.dtype}")
     for name, t in (("W_enc", W_enc), ("b_enc", b_enc), ("b_dec", b_dec),
                     ("threshold", threshold)):

@@ -32,10 +32,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import (check_per_row_index, check_rows_tensor, check_same_device, check_values,
+                      forward_only, row_edit_fakes, row_edit_target)
 from ._dispatch import choose, cpp_ops
-from .masked_ablate import _check_values
 
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_FUSED_D = 8192  # up to this d_model the row stays in registers (one pass)
 _LOOP_BLOCK_D = 4096
 
@@ -56,12 +56,7 @@ def _steer_add_fwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    b = row // T
-    t = row % T
-    v = tl.load(row_variant_ptr + b).to(tl.int64)
-    active = v >= 0
-    if HAS_POS:
-        active = active & (t >= tl.load(pos_start_ptr + b).to(tl.int64))
+    b, v, active = row_edit_target(row, T, row_variant_ptr, pos_start_ptr, HAS_POS)
     n_live = tl.where(active, D, 0)  # features this row edits (vector masks only below)
     coeff = tl.load(alpha_ptr + b).to(tl.float32)
     h_row = h_ptr + row * D
@@ -175,41 +170,17 @@ def _steer_add_cpp(h, row_variant, directions, alpha, pos_start, rms, inplace):
     return ops.steer_add(h, row_variant, directions, alpha, pos_start, rms)
 
 
-def _register_fakes() -> None:
-    """Fake (meta) kernels so the C++ ops run under torch.compile / opcheck."""
-    try:
-        import emofast._C  # noqa: F401  (defines torch.ops.emofast.*)
-    except (ImportError, OSError):
-        return  # _dispatch reports a missing extension once, on the first CPU call
-    if not hasattr(torch.ops.emofast, "steer_add"):
-        return
-
-    @torch.library.register_fake("emofast::steer_add")
-    def _(h, row_variant, directions, alpha, pos_start, rms):
-        torch._check(h.dim() == 3, lambda: "steer_add: h must be [B, T, d_model]")
-        return h.new_empty(h.shape)
-
-    @torch.library.register_fake("emofast::steer_add_")
-    def _(h, row_variant, directions, alpha, pos_start, rms):
-        torch._check(h.dim() == 3, lambda: "steer_add_: h must be [B, T, d_model]")
-
-
-_register_fakes()
+# Fake (meta) kernels so the C++ ops run under torch.compile / opcheck; registered from this
+# module, which the C++ library names with m.set_python_module.
+for _name, _fake in row_edit_fakes("steer_add", "h must be [B, T, d_model]").items():
+    torch.library.register_fake(f"emofast::{_name}")(_fake)
 
 
 def _check_args(h, row_variant, directions, alpha, pos_start, rms) -> None:
     """Raise ValueError on any contract violation."""
-    if not isinstance(h, torch.Tensor) or h.dim() != 3:
-        raise ValueError(f"steer_add: h must be a [B, T, d_model] tensor, got "
-                         f"{tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}")
-    if h.dtype not in _DTYPES:
-        raise ValueError(f"steer_add: h must be float32, bfloat16 or float16, got {h.dtype}")
+    check_rows_tensor("steer_add", "h", h, "[B, T, d_model]")
     B, T, D = h.shape
-    if row_variant.dim() != 1 or row_variant.shape[0] != B:
-        raise ValueError(f"steer_add: row_variant must be [B] = [{B}], got "
-                         f"{tuple(row_variant.shape)}")
-    if row_variant.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"steer_add: row_variant must be int32 or int64, got {row_variant.dtype}")
+    check_per_row_index("steer_add", "row_variant", row_variant, B)
     if directions.dim() != 2 or directions.shape[1] != D:
         raise ValueError(f"steer_add: directions must be [V, d_model] with d_model = {D}, got "
                          f"{tuple(directions.shape)}")
@@ -227,17 +198,10 @@ def _check_args(h, row_variant, directions, alpha, pos_start, rms) -> None:
     if not isinstance(rms, bool):
         raise ValueError(f"steer_add: rms must be a bool, got {rms!r}")
     if pos_start is not None:
-        if pos_start.dim() != 1 or pos_start.shape[0] != B:
-            raise ValueError(f"steer_add: pos_start must be [B] = [{B}], got "
-                             f"{tuple(pos_start.shape)}")
-        if pos_start.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"steer_add: pos_start must be int32 or int64, got {pos_start.dtype}")
+        check_per_row_index("steer_add", "pos_start", pos_start, B)
         tensors["pos_start"] = pos_start
-    for name, t in tensors.items():
-        if t.device != h.device:
-            raise ValueError(f"steer_add: {name} is on {t.device} but h is on {h.device}; "
-                             f"move every tensor to one device")
-    _check_values(row_variant, directions.shape[0], pos_start, T, "steer_add")
+    check_same_device("steer_add", "h", h.device, tensors)
+    check_values(row_variant, directions.shape[0], pos_start, T, "steer_add")
 
 
 def steer_add(h: torch.Tensor, row_variant: torch.Tensor, directions: torch.Tensor,
@@ -248,12 +212,7 @@ def steer_add(h: torch.Tensor, row_variant: torch.Tensor, directions: torch.Tens
     alpha_t = _alpha_tensor(alpha, h)
     needs_grad = torch.is_grad_enabled() and (
         h.requires_grad or directions.requires_grad or alpha_t.requires_grad)
-    if needs_grad:
-        if impl not in (None, "torch"):
-            raise RuntimeError(f"steer_add: impl={impl!r} is forward-only but autograd needs "
-                               "this call; use impl='torch' (or None) or run under torch.no_grad()")
-        impl = "torch"
-    impl = choose("steer_add", h, impl)
+    impl = choose("steer_add", h, forward_only("steer_add", impl, needs_grad))
     if directions.shape[0] == 0 or h.numel() == 0:  # V = 0: every row is -1
         return h if inplace else h.clone()
     if impl == "triton":

@@ -15,16 +15,16 @@
 //   out = (x & ~sel) | (new & sel)
 // which the compiler vectorises; rows with no edit are a memcpy (or nothing, in place).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/bit_cast.h>
 #include <torch/library.h>
 
 #include <cstdint>
-#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#include "common.h"
 
 namespace emofast {
 namespace {
@@ -54,14 +54,9 @@ Mode check_args(const at::Tensor& x, const at::Tensor& row_variant, const at::Te
   const Mode mode = parse_mode(mode_name);
   TORCH_CHECK(x.dim() == 3, "masked_ablate: x must be [B, T, W], got shape ", x.sizes());
   const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
-              "masked_ablate: x must be float32, bfloat16 or float16, got ", dt);
+  TORCH_CHECK(is_float_type(dt), "masked_ablate: x must be float32, bfloat16 or float16, got ", dt);
   const int64_t B = x.size(0), T = x.size(1), W = x.size(2);
-  TORCH_CHECK(row_variant.dim() == 1 && row_variant.size(0) == B,
-              "masked_ablate: row_variant must be [B] = [", B, "], got shape ",
-              row_variant.sizes());
-  TORCH_CHECK(row_variant.scalar_type() == at::kInt || row_variant.scalar_type() == at::kLong,
-              "masked_ablate: row_variant must be int32 or int64, got ", row_variant.scalar_type());
+  check_per_row_index(row_variant, "row_variant", B, "masked_ablate");
   TORCH_CHECK(mask.dim() == 2, "masked_ablate: mask must be [V, n_words], got shape ",
               mask.sizes());
   TORCH_CHECK(mask.scalar_type() == at::kInt,
@@ -87,48 +82,25 @@ Mode check_args(const at::Tensor& x, const at::Tensor& row_variant, const at::Te
                 "' takes no fill tensor (scale passes its factor as `scale`)");
   }
   if (pos_start.has_value()) {
-    TORCH_CHECK(pos_start->dim() == 1 && pos_start->size(0) == B,
-                "masked_ablate: pos_start must be [B] = [", B, "], got shape ", pos_start->sizes());
-    TORCH_CHECK(pos_start->scalar_type() == at::kInt || pos_start->scalar_type() == at::kLong,
-                "masked_ablate: pos_start must be int32 or int64, got ", pos_start->scalar_type());
+    check_per_row_index(*pos_start, "pos_start", B, "masked_ablate");
     all_cpu = all_cpu && pos_start->is_cpu();
   }
   TORCH_CHECK(all_cpu, "masked_ablate (C++ op) runs on CPU tensors; move every argument to CPU");
 
-  const int64_t V = mask.size(0);
-  const at::Tensor rv = row_variant.to(at::kLong).contiguous();
-  variant.assign(rv.data_ptr<int64_t>(), rv.data_ptr<int64_t>() + B);
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(variant[b] >= -1 && variant[b] < V, "masked_ablate: row_variant[", b, "] = ",
-                variant[b], " is out of range: use -1 (no edit) or a variant in [0, V = ", V, ")");
-  }
-  first_pos.assign(B, 0);
-  if (pos_start.has_value()) {
-    const at::Tensor ps = pos_start->to(at::kLong).contiguous();
-    for (int64_t b = 0; b < B; ++b) {
-      first_pos[b] = ps.data_ptr<int64_t>()[b];
-      TORCH_CHECK(first_pos[b] >= 0 && first_pos[b] <= T, "masked_ablate: pos_start[", b, "] = ",
-                  first_pos[b], " must lie in [0, T = ", T, "] (T = no edit)");
-    }
-  }
+  variant = read_row_variants(row_variant, B, mask.size(0), "masked_ablate");
+  first_pos = read_pos_start(pos_start, B, T, "masked_ablate");
   return mode;
 }
 
-// x * scale on raw element bits: fp32 product, rounded once (bf16: branch-free round to nearest
-// even with c10::BFloat16's NaN rule, so the loop vectorises).
+// x * scale on raw element bits: fp32 product, rounded once (Elem: bf16 rounds branch-free, so
+// the loop vectorises).
 template <typename scalar_t>
 typename Bits<sizeof(scalar_t)>::type scaled_bits(typename Bits<sizeof(scalar_t)>::type s,
                                                   float scale) {
-  using bits_t = typename Bits<sizeof(scalar_t)>::type;
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    const float f = c10::bit_cast<float>(static_cast<uint32_t>(s) << 16) * scale;
-    const uint32_t u = c10::bit_cast<uint32_t>(f);
-    const uint16_t r = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-    return f != f ? static_cast<uint16_t>(0x7FC0) : r;
-  } else {
-    return c10::bit_cast<bits_t>(
-        static_cast<scalar_t>(static_cast<float>(c10::bit_cast<scalar_t>(s)) * scale));
-  }
+  using E = Elem<scalar_t>;
+  using raw_t = typename E::raw_t;
+  return c10::bit_cast<typename Bits<sizeof(scalar_t)>::type>(
+      E::store(E::load(c10::bit_cast<raw_t>(s)) * scale));
 }
 
 // One row: dst = (src & ~sel) | (new & sel), new given by the mode. Branch-free over features.
@@ -174,22 +146,13 @@ void run_rows(const at::Tensor& src, const at::Tensor& dst, const std::optional<
   const scalar_t* src_p = src.data_ptr<scalar_t>();
   scalar_t* dst_p = dst.data_ptr<scalar_t>();
   const scalar_t* fill_p = fill.has_value() ? fill->data_ptr<scalar_t>() : nullptr;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(W, 1));
-  at::parallel_for(0, B * T, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / T, t = r - b * T;
-      const scalar_t* xs = src_p + r * W;
-      scalar_t* xd = dst_p + r * W;
-      if (variant[b] < 0 || t < first_pos[b]) {
-        if (!inplace) std::memcpy(xd, xs, static_cast<size_t>(W) * sizeof(scalar_t));
-        continue;
-      }
-      const scalar_t* fr = nullptr;
-      if constexpr (M == Mode::kMean) fr = fill_p;
-      if constexpr (M == Mode::kPatch) fr = fill_p + r * W;
-      blend_row<scalar_t, M>(xs, xd, fr, sel.data() + b * W, W, scale);
-    }
-  });
+  auto edit_row = [&](int64_t b, int64_t r) {
+    const scalar_t* fr = nullptr;
+    if constexpr (M == Mode::kMean) fr = fill_p;
+    if constexpr (M == Mode::kPatch) fr = fill_p + r * W;
+    blend_row<scalar_t, M>(src_p + r * W, dst_p + r * W, fr, sel.data() + b * W, W, scale);
+  };
+  for_each_edited_row(src_p, dst_p, B, T, W, variant, first_pos, inplace, edit_row);
 }
 
 void dispatch(const at::Tensor& src, const at::Tensor& dst, Mode mode,
@@ -198,7 +161,7 @@ void dispatch(const at::Tensor& src, const at::Tensor& dst, Mode mode,
               double scale, bool inplace) {
   if (src.numel() == 0) return;
   const auto dt = src.scalar_type();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "masked_ablate", [&] {
+  EMOFAST_DISPATCH_FLOAT_TYPES(dt, "masked_ablate", [&] {
     auto run = [&](auto m) {  // m: std::integral_constant<Mode, ...>
       run_rows<scalar_t, decltype(m)::value>(src, dst, fill, mask, group, variant, first_pos,
                                              static_cast<float>(scale), inplace);
@@ -212,34 +175,31 @@ void dispatch(const at::Tensor& src, const at::Tensor& dst, Mode mode,
   });
 }
 
+// Both ops: checks, then the edit out of place (returns the new tensor) or in place (returns x).
+at::Tensor checked_edit(const at::Tensor& x, const at::Tensor& row_variant, const at::Tensor& mask,
+                        c10::string_view mode, const std::optional<at::Tensor>& fill, double scale,
+                        int64_t group, const std::optional<at::Tensor>& pos_start, bool inplace) {
+  std::vector<int64_t> variant, first_pos;
+  const Mode m = check_args(x, row_variant, mask, mode, fill, group, pos_start, variant, first_pos);
+  std::optional<at::Tensor> f;
+  if (fill.has_value()) f = fill->contiguous();
+  const at::Tensor mask_c = mask.contiguous();
+  return edit_rows(x, inplace, [&](const at::Tensor& src, const at::Tensor& dst) {
+    dispatch(src, dst, m, f, mask_c, group, variant, first_pos, scale, inplace);
+  });
+}
+
 at::Tensor masked_ablate_cpu(const at::Tensor& x, const at::Tensor& row_variant,
                              const at::Tensor& mask, c10::string_view mode,
                              const std::optional<at::Tensor>& fill, double scale, int64_t group,
                              const std::optional<at::Tensor>& pos_start) {
-  std::vector<int64_t> variant, first_pos;
-  const Mode m = check_args(x, row_variant, mask, mode, fill, group, pos_start, variant, first_pos);
-  const at::Tensor src = x.contiguous();
-  at::Tensor out = at::empty_like(src);
-  std::optional<at::Tensor> f;
-  if (fill.has_value()) f = fill->contiguous();
-  dispatch(src, out, m, f, mask.contiguous(), group, variant, first_pos, scale, false);
-  return out;
+  return checked_edit(x, row_variant, mask, mode, fill, scale, group, pos_start, false);
 }
 
 void masked_ablate__cpu(at::Tensor& x, const at::Tensor& row_variant, const at::Tensor& mask,
                         c10::string_view mode, const std::optional<at::Tensor>& fill, double scale,
                         int64_t group, const std::optional<at::Tensor>& pos_start) {
-  std::vector<int64_t> variant, first_pos;
-  const Mode m = check_args(x, row_variant, mask, mode, fill, group, pos_start, variant, first_pos);
-  std::optional<at::Tensor> f;
-  if (fill.has_value()) f = fill->contiguous();
-  if (x.is_contiguous()) {
-    dispatch(x, x, m, f, mask.contiguous(), group, variant, first_pos, scale, true);
-  } else {  // edit a contiguous copy, then write it back through x's strides
-    at::Tensor work = x.contiguous();
-    dispatch(work, work, m, f, mask.contiguous(), group, variant, first_pos, scale, true);
-    x.copy_(work);
-  }
+  checked_edit(x, row_variant, mask, mode, fill, scale, group, pos_start, true);
 }
 
 }  // namespace

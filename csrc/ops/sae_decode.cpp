@@ -17,7 +17,6 @@
 // Either gradient can be skipped (need_values / need_W_dec); a skipped one is returned as an empty
 // tensor of shape [0].
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -25,18 +24,10 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
+#include "common.h"
 
 namespace emofast {
 namespace {
-
-// float32, bfloat16 and float16 only (the contract); kernels accumulate in fp32.
-#define EMOFAST_DISPATCH_SAE_TYPES(TYPE, NAME, ...)                  \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__)          \
-                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
 
 constexpr int64_t kColBlock = 64;  // columns per task in the grad_W_dec scatter (256 B of fp32)
 
@@ -52,7 +43,7 @@ void check_decode_args(const at::Tensor& indices, const at::Tensor& values,
               "sae_decode: values and W_dec must have the same dtype, got ", values.scalar_type(),
               " and ", W_dec.scalar_type(), "; cast one of them");
   const auto dt = W_dec.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
+  TORCH_CHECK(is_float_type(dt),
               "sae_decode: W_dec and values must be float32, bfloat16 or float16, got ", dt);
   TORCH_CHECK(indices.device().is_cpu() && values.device().is_cpu() && W_dec.device().is_cpu(),
               "sae_decode (C++ op) runs on CPU tensors; got indices on ", indices.device(),
@@ -74,7 +65,7 @@ void check_decode_args(const at::Tensor& indices, const at::Tensor& values,
 
 // ---- inner loops: portable scalar versions, plus AVX2/FMA/F16C versions picked at run time ----
 // (setup.py compiles without -mavx2, so the wide versions carry a target attribute and are only
-// called when the CPU has the instructions.)
+// called when has_avx2(); load8 / store8 are in common.h.)
 
 // acc[0:n] += v * w[0:n]
 template <typename scalar_t>
@@ -98,33 +89,6 @@ void decode_token(const int64_t* rows, const float* vals, int64_t k, const scala
 }
 
 #if defined(__x86_64__)
-#define EMOFAST_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-EMOFAST_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-EMOFAST_AVX2 inline __m256 load8(const c10::BFloat16* p) {  // bf16 -> fp32 is a 16-bit shift
-  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-EMOFAST_AVX2 inline __m256 load8(const c10::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
-EMOFAST_AVX2 inline void store8(float* p, __m256 x) { _mm256_storeu_ps(p, x); }
-EMOFAST_AVX2 inline void store8(c10::BFloat16* p, __m256 x) {
-  // round to nearest even, NaN -> quiet NaN: the same rule as c10::BFloat16(float)
-  const __m256i bits = _mm256_castps_si256(x);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb));
-  const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC00000), _mm256_castps_si256(nan));
-  r = _mm256_srli_epi32(r, 16);
-  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
-}
-EMOFAST_AVX2 inline void store8(c10::Half* p, __m256 x) {
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
-}
-
 // Same as decode_token, writing the output dtype directly: the accumulator for 64 columns stays
 // in 8 registers across the k rows.
 template <typename scalar_t>
@@ -238,12 +202,6 @@ EMOFAST_AVX2 void axpy_avx2(float* acc, const scalar_t* w, float v, int64_t n) {
     _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(vv, load8(w + d), _mm256_loadu_ps(acc + d)));
   for (; d < n; ++d) acc[d] += v * static_cast<float>(w[d]);
 }
-
-bool has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         __builtin_cpu_supports("f16c");
-  return ok;
-}
 #else
 template <typename scalar_t>
 void decode_token_avx2(const int64_t*, const float*, int64_t, const scalar_t*, const scalar_t*,
@@ -253,7 +211,6 @@ void grad_values_token_avx2(const scalar_t*, const int64_t*, int64_t, const scal
                             int64_t) {}
 template <typename scalar_t>
 void axpy_avx2(float*, const scalar_t*, float, int64_t) {}
-bool has_avx2() { return false; }
 #endif
 
 // ---- the three loops over tokens / columns ----
@@ -340,7 +297,7 @@ at::Tensor sae_decode_cpu(const at::Tensor& indices, const at::Tensor& values,
   at::Tensor b = b_dec.has_value() ? b_dec->contiguous() : at::Tensor();
   const int64_t N = idx.size(0), k = idx.size(1), d_model = W.size(1);
   auto out = at::empty({N, d_model}, W.options());
-  EMOFAST_DISPATCH_SAE_TYPES(W.scalar_type(), "sae_decode", [&] {
+  EMOFAST_DISPATCH_FLOAT_TYPES(W.scalar_type(), "sae_decode", [&] {
     using s_t = scalar_t;
     const s_t* bp = b.defined() ? b.const_data_ptr<s_t>() : nullptr;
     if (idx.scalar_type() == at::kInt)
@@ -371,7 +328,7 @@ std::tuple<at::Tensor, at::Tensor> sae_decode_backward_cpu(
   at::Tensor gv = need_values ? at::empty({N, k}, val.options()) : at::empty({0}, val.options());
   at::Tensor gW32;  // fp32 accumulator: grad_W_dec itself for fp32, converted after for half types
   if (need_W_dec) gW32 = at::zeros(W.sizes(), W.options().dtype(at::kFloat));
-  EMOFAST_DISPATCH_SAE_TYPES(W.scalar_type(), "sae_decode_backward", [&] {
+  EMOFAST_DISPATCH_FLOAT_TYPES(W.scalar_type(), "sae_decode_backward", [&] {
     using s_t = scalar_t;
     auto run = [&](auto* ip) {
       using i_t = std::remove_const_t<std::remove_pointer_t<decltype(ip)>>;

@@ -18,7 +18,6 @@
 // written again or sorted.
 // Gradients are registered from Python (kernels/sae_encode.py) with torch.library.register_autograd.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -28,17 +27,10 @@
 #include <utility>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
+#include "common.h"
 
 namespace emofast {
 namespace {
-
-#define EMOFAST_DISPATCH_SAE_TYPES(TYPE, NAME, ...)                  \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__)          \
-                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
 
 enum class Act { kNone, kRelu, kJumpRelu };
 
@@ -60,8 +52,7 @@ Act check_encode_args(const char* op, const at::Tensor& x, const at::Tensor& W_e
   TORCH_CHECK(W_enc.dim() == 2 && W_enc.size(0) == x.size(1), op,
               ": W_enc must be [d_model, d_sae] with d_model = ", x.size(1), ", got ", W_enc.sizes());
   const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, op,
-              ": x must be float32, bfloat16 or float16, got ", dt);
+  TORCH_CHECK(is_float_type(dt), op, ": x must be float32, bfloat16 or float16, got ", dt);
   TORCH_CHECK(W_enc.scalar_type() == dt, op, ": W_enc must have the dtype of x (", dt, "), got ",
               W_enc.scalar_type());
   TORCH_CHECK(x.device().is_cpu() && W_enc.device().is_cpu(), op,
@@ -160,18 +151,8 @@ void epilogue_row(const scalar_t* pre, const float* bias, const float* thr, Act 
     out[j] = activate(static_cast<float>(pre[j]) + bias[j], act, thr, j);
 }
 
+// AVX2 versions of the two loops above, called when has_avx2() (load8 is in common.h)
 #if defined(__x86_64__)
-#define EMOFAST_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-EMOFAST_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-EMOFAST_AVX2 inline __m256 load8(const c10::BFloat16* p) {  // bf16 -> fp32 is a 16-bit shift
-  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-EMOFAST_AVX2 inline __m256 load8(const c10::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
 template <typename scalar_t>
 EMOFAST_AVX2 void epilogue_row_avx2(const scalar_t* pre, const float* bias, const float* thr,
                                     Act act, float* out, int64_t d_sae) {
@@ -202,17 +183,10 @@ EMOFAST_AVX2 void scan_row_avx2(const float* row, int64_t d_sae, RowSelect& sel)
   }
   for (; j < d_sae; ++j) sel.offer(row[j], j);
 }
-
-bool has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         __builtin_cpu_supports("f16c");
-  return ok;
-}
 #else
 template <typename scalar_t>
 void epilogue_row_avx2(const scalar_t*, const float*, const float*, Act, float*, int64_t) {}
 void scan_row_avx2(const float*, int64_t, RowSelect&) {}
-bool has_avx2() { return false; }
 #endif
 
 at::Tensor sae_encode_cpu(const at::Tensor& x, const at::Tensor& W_enc, const at::Tensor& b_enc,
@@ -223,7 +197,7 @@ at::Tensor sae_encode_cpu(const at::Tensor& x, const at::Tensor& W_enc, const at
   at::Tensor out = pre_gemm(x, W_enc, b_dec);  // epilogue runs in place
   const int64_t N = out.size(0), d_sae = out.size(1);
   const std::vector<float> bias = to_float_vec(b_enc), thr = to_float_vec(threshold);
-  EMOFAST_DISPATCH_SAE_TYPES(out.scalar_type(), "sae_encode", [&] {
+  EMOFAST_DISPATCH_FLOAT_TYPES(out.scalar_type(), "sae_encode", [&] {
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, N, 8, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
@@ -251,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor> sae_encode_topk_cpu(
   at::Tensor values = at::empty({N, k}, x.options());
   at::Tensor indices = at::empty({N, k}, x.options().dtype(at::kLong));
   const std::vector<float> bias = to_float_vec(b_enc), thr = to_float_vec(threshold);
-  EMOFAST_DISPATCH_SAE_TYPES(pre.scalar_type(), "sae_encode_topk", [&] {
+  EMOFAST_DISPATCH_FLOAT_TYPES(pre.scalar_type(), "sae_encode_topk", [&] {
     const scalar_t* p = pre.const_data_ptr<scalar_t>();
     scalar_t* vo = values.mutable_data_ptr<scalar_t>();
     int64_t* io = indices.mutable_data_ptr<int64_t>();

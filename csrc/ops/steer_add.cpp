@@ -12,15 +12,13 @@
 // at::parallel_for (ATen's OpenMP backend) over the B*T rows; per row one optional
 // sum-of-squares pass and one add pass, both `omp simd` loops over contiguous features.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <c10/util/bit_cast.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
+
+#include "common.h"
 
 namespace emofast {
 namespace {
@@ -30,13 +28,9 @@ void check_args(const at::Tensor& h, const at::Tensor& row_variant, const at::Te
                 std::vector<int64_t>& variant, std::vector<int64_t>& first_pos) {
   TORCH_CHECK(h.dim() == 3, "steer_add: h must be [B, T, d_model], got shape ", h.sizes());
   const auto dt = h.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
-              "steer_add: h must be float32, bfloat16 or float16, got ", dt);
+  TORCH_CHECK(is_float_type(dt), "steer_add: h must be float32, bfloat16 or float16, got ", dt);
   const int64_t B = h.size(0), T = h.size(1), D = h.size(2);
-  TORCH_CHECK(row_variant.dim() == 1 && row_variant.size(0) == B,
-              "steer_add: row_variant must be [B] = [", B, "], got shape ", row_variant.sizes());
-  TORCH_CHECK(row_variant.scalar_type() == at::kInt || row_variant.scalar_type() == at::kLong,
-              "steer_add: row_variant must be int32 or int64, got ", row_variant.scalar_type());
+  check_per_row_index(row_variant, "row_variant", B, "steer_add");
   TORCH_CHECK(directions.dim() == 2 && directions.size(1) == D,
               "steer_add: directions must be [V, d_model] with d_model = ", D, ", got shape ",
               directions.sizes());
@@ -48,48 +42,14 @@ void check_args(const at::Tensor& h, const at::Tensor& row_variant, const at::Te
               "steer_add: alpha must be floating point, got ", alpha.scalar_type());
   bool all_cpu = h.is_cpu() && row_variant.is_cpu() && directions.is_cpu() && alpha.is_cpu();
   if (pos_start.has_value()) {
-    TORCH_CHECK(pos_start->dim() == 1 && pos_start->size(0) == B,
-                "steer_add: pos_start must be [B] = [", B, "], got shape ", pos_start->sizes());
-    TORCH_CHECK(pos_start->scalar_type() == at::kInt || pos_start->scalar_type() == at::kLong,
-                "steer_add: pos_start must be int32 or int64, got ", pos_start->scalar_type());
+    check_per_row_index(*pos_start, "pos_start", B, "steer_add");
     all_cpu = all_cpu && pos_start->is_cpu();
   }
   TORCH_CHECK(all_cpu, "steer_add (C++ op) runs on CPU tensors; move every argument to CPU");
 
-  const int64_t V = directions.size(0);
-  const at::Tensor rv = row_variant.to(at::kLong).contiguous();
-  variant.assign(rv.data_ptr<int64_t>(), rv.data_ptr<int64_t>() + B);
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(variant[b] >= -1 && variant[b] < V, "steer_add: row_variant[", b, "] = ",
-                variant[b], " is out of range: use -1 (no edit) or a variant in [0, V = ", V, ")");
-  }
-  first_pos.assign(B, 0);
-  if (pos_start.has_value()) {
-    const at::Tensor ps = pos_start->to(at::kLong).contiguous();
-    for (int64_t b = 0; b < B; ++b) {
-      first_pos[b] = ps.data_ptr<int64_t>()[b];
-      TORCH_CHECK(first_pos[b] >= 0 && first_pos[b] <= T, "steer_add: pos_start[", b, "] = ",
-                  first_pos[b], " must lie in [0, T = ", T, "] (T = no edit)");
-    }
-  }
+  variant = read_row_variants(row_variant, B, directions.size(0), "steer_add");
+  first_pos = read_pos_start(pos_start, B, T, "steer_add");
 }
-
-// Element <-> fp32 conversions the compiler can vectorise. bf16 works on its raw bits with the
-// same round-to-nearest-even and NaN rule as c10::BFloat16, written branch-free.
-template <typename scalar_t> struct Elem {
-  using raw_t = scalar_t;
-  static float load(raw_t v) { return static_cast<float>(v); }
-  static raw_t store(float f) { return static_cast<raw_t>(f); }
-};
-template <> struct Elem<c10::BFloat16> {
-  using raw_t = uint16_t;
-  static float load(raw_t v) { return c10::bit_cast<float>(static_cast<uint32_t>(v) << 16); }
-  static raw_t store(float f) {
-    const uint32_t u = c10::bit_cast<uint32_t>(f);
-    const uint16_t r = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-    return f != f ? static_cast<uint16_t>(0x7FC0) : r;
-  }
-};
 
 template <typename scalar_t>
 void run_rows(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& dirs,
@@ -102,33 +62,26 @@ void run_rows(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& di
   raw_t* dst_p = reinterpret_cast<raw_t*>(dst.data_ptr<scalar_t>());
   const float* dir_p = dirs.data_ptr<float>();
   const float* alpha_p = alpha.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));
-  at::parallel_for(0, B * T, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / T, t = r - b * T;
-      const raw_t* hs = src_p + r * D;
-      raw_t* hd = dst_p + r * D;
-      if (variant[b] < 0 || t < first_pos[b]) {
-        if (!inplace) std::memcpy(hd, hs, static_cast<size_t>(D) * sizeof(raw_t));
-        continue;
-      }
-      float c = alpha_p[b];
-      if (rms) {
-        double ss = 0.0;  // fp64 sum: accurate for any d_model (a row is small; still SIMD)
+  auto edit_row = [&](int64_t b, int64_t r) {
+    const raw_t* hs = src_p + r * D;
+    raw_t* hd = dst_p + r * D;
+    float c = alpha_p[b];
+    if (rms) {
+      double ss = 0.0;  // fp64 sum: accurate for any d_model (a row is small; still SIMD)
 #pragma omp simd reduction(+ : ss)
-        for (int64_t i = 0; i < D; ++i) {
-          const double v = E::load(hs[i]);
-          ss += v * v;
-        }
-        c = c * static_cast<float>(std::sqrt(ss / static_cast<double>(D)));
-      }
-      const float* dv = dir_p + variant[b] * D;
-#pragma omp simd
       for (int64_t i = 0; i < D; ++i) {
-        hd[i] = E::store(E::load(hs[i]) + c * dv[i]);
+        const double v = E::load(hs[i]);
+        ss += v * v;
       }
+      c = c * static_cast<float>(std::sqrt(ss / static_cast<double>(D)));
     }
-  });
+    const float* dv = dir_p + variant[b] * D;
+#pragma omp simd
+    for (int64_t i = 0; i < D; ++i) {
+      hd[i] = E::store(E::load(hs[i]) + c * dv[i]);
+    }
+  };
+  for_each_edited_row(src_p, dst_p, B, T, D, variant, first_pos, inplace, edit_row);
 }
 
 void dispatch(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& directions,
@@ -137,33 +90,31 @@ void dispatch(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& di
   if (src.numel() == 0) return;
   const at::Tensor dirs = directions.to(at::kFloat).contiguous();  // [V, d_model], no-op if fp32
   const at::Tensor a = alpha.to(at::kFloat).contiguous();          // [B]
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, src.scalar_type(), "steer_add", [&] {
+  EMOFAST_DISPATCH_FLOAT_TYPES(src.scalar_type(), "steer_add", [&] {
     run_rows<scalar_t>(src, dst, dirs, a, variant, first_pos, rms, inplace);
+  });
+}
+
+// Both ops: checks, then the edit out of place (returns the new tensor) or in place (returns h).
+at::Tensor checked_edit(const at::Tensor& h, const at::Tensor& row_variant,
+                        const at::Tensor& directions, const at::Tensor& alpha,
+                        const std::optional<at::Tensor>& pos_start, bool rms, bool inplace) {
+  std::vector<int64_t> variant, first_pos;
+  check_args(h, row_variant, directions, alpha, pos_start, variant, first_pos);
+  return edit_rows(h, inplace, [&](const at::Tensor& src, const at::Tensor& dst) {
+    dispatch(src, dst, directions, alpha, variant, first_pos, rms, inplace);
   });
 }
 
 at::Tensor steer_add_cpu(const at::Tensor& h, const at::Tensor& row_variant,
                          const at::Tensor& directions, const at::Tensor& alpha,
                          const std::optional<at::Tensor>& pos_start, bool rms) {
-  std::vector<int64_t> variant, first_pos;
-  check_args(h, row_variant, directions, alpha, pos_start, variant, first_pos);
-  const at::Tensor src = h.contiguous();
-  at::Tensor out = at::empty_like(src);
-  dispatch(src, out, directions, alpha, variant, first_pos, rms, false);
-  return out;
+  return checked_edit(h, row_variant, directions, alpha, pos_start, rms, false);
 }
 
 void steer_add__cpu(at::Tensor& h, const at::Tensor& row_variant, const at::Tensor& directions,
                     const at::Tensor& alpha, const std::optional<at::Tensor>& pos_start, bool rms) {
-  std::vector<int64_t> variant, first_pos;
-  check_args(h, row_variant, directions, alpha, pos_start, variant, first_pos);
-  if (h.is_contiguous()) {
-    dispatch(h, h, directions, alpha, variant, first_pos, rms, true);
-  } else {  // edit a contiguous copy, then write it back through h's strides
-    at::Tensor work = h.contiguous();
-    dispatch(work, work, directions, alpha, variant, first_pos, rms, true);
-    h.copy_(work);
-  }
+  checked_edit(h, row_variant, directions, alpha, pos_start, rms, true);
 }
 
 }  // namespace
