@@ -168,3 +168,14 @@ def test_cache_bad_input(tiny_llama):
         tiny_llama.cache(["abc"], ["L0.resid_post"], positions="span", spans=[(3, 3)], progress=False)
     with pytest.raises(ValueError, match="layer 7 out of range"):
         tiny_llama.cache(["abc"], ["L7.resid_post"], progress=False)
+
+
+def test_cache_accepts_a_tokenised_batch(tiny_llama):
+    texts = ["one short", "a somewhat longer text here"]
+    from_texts = tiny_llama.cache(texts, ["L1.resid_post"], positions="all", progress=False)
+    enc = tiny_llama.encode(texts, padding_side="left")
+    from_batch = tiny_llama.cache(enc, ["L1.resid_post"], positions="all", progress=False)
+    for a, b in zip(from_texts["L1.resid_post"], from_batch["L1.resid_post"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="pass the texts"):
+        tiny_llama.cache(enc, ["L1.resid_post"], positions="span", spans=[(0, 1)] * 2, progress=False)

@@ -9,7 +9,7 @@ same activations: position ids are derived from the attention mask.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -81,11 +81,13 @@ class Model:
 
     # -- activations out -------------------------------------------------------------------
     @torch.inference_mode()
-    def cache(self, texts: Sequence[str], sites: Sequence[str], *, positions: Positions = "last",
+    def cache(self, texts: Sequence[str] | Mapping[str, torch.Tensor], sites: Sequence[str], *,
+              positions: Positions = "last",
               spans: Sequence[tuple[int, int] | None] | None = None, batch_size: int = 16,
               templated: bool = False, progress: bool = True, dtype: torch.dtype = torch.float32,
               ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """Run `texts` and return `{site: activations}` at the chosen positions.
+        """Run `texts` (strings, or a tokenised batch with input_ids and attention_mask
+        [N, T]) and return `{site: activations}` at the chosen positions.
 
         positions: "last" (last real token) -> [N, *act]; "all" -> list of [T_i, *act];
           "mean" (over the real tokens) -> [N, *act];
@@ -94,6 +96,13 @@ class Model:
           spans in each text, mapped through the tokenizer's offsets) -> mean over the span's
           tokens, [N, *act]. *act is [d_model], [d_mlp] or [H, d_head] by site kind.
         """
+        batch = texts if isinstance(texts, Mapping) else None
+        if batch is not None:
+            if "input_ids" not in batch or "attention_mask" not in batch:
+                raise ValueError("a tokenised batch needs input_ids and attention_mask")
+            if positions == "span":
+                raise ValueError("positions='span' maps character spans: pass the texts, not tokens")
+            texts = [None] * len(batch["input_ids"])  # rows, for counting and ordering
         texts = list(texts)
         names = [str(_sites.parse_site(s, self.n_layers)) for s in sites]
         if not texts or not names:
@@ -104,14 +113,16 @@ class Model:
         if per_text and positions.shape != (len(texts),):
             raise ValueError(f"a positions tensor needs shape [{len(texts)}], got {tuple(positions.shape)}")
         # Longest-first batches waste little padding; results go back to the caller's order.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        lengths = batch["attention_mask"].sum(-1).tolist() if batch is not None else [len(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
         last_layer = max(_sites.parse_site(n).layer for n in names)
         out: dict[str, list] = {n: [None] * len(texts) for n in names}
         bar = tqdm(total=len(texts), desc="cache", unit="text", disable=not progress)
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            enc = self.encode([texts[i] for i in idx], templated=templated,
-                              offsets=positions == "span")
+            enc = ({"input_ids": batch["input_ids"][idx], "attention_mask": batch["attention_mask"][idx]}
+                   if batch is not None else
+                   self.encode([texts[i] for i in idx], templated=templated, offsets=positions == "span"))
             sel = _selector(enc, positions[idx] if per_text else positions,
                             [spans[i] for i in idx] if positions == "span" else None)
             store: dict[str, object] = {}
