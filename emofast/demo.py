@@ -48,10 +48,9 @@ class DemoConfig:
 
     @classmethod
     def preset(cls, quick: bool) -> "DemoConfig":
-        if quick:  # six configs around where each emotion peaked on SmolLM2 (see extract.py)
-            grid = ((0.13, 0.3, 1.5), (0.27, 0.43, 1.0), (0.27, 0.43, 1.5), (0.27, 0.43, 2.0),
-                    (0.4, 0.57, 1.0), (0.4, 0.57, 1.5))
-            return cls(12, 8, 4, 2, grid, 24, 24)
+        if quick:  # four configs around where each emotion peaked on SmolLM2 (see extract.py)
+            grid = ((0.13, 0.3, 1.5), (0.27, 0.43, 1.5), (0.4, 0.57, 1.0), (0.4, 0.57, 1.5))
+            return cls(12, 6, 4, 2, grid, 24, 24)
         grid = tuple((lo, lo + 0.17, a) for lo in (0.07, 0.13, 0.2, 0.27, 0.33, 0.4, 0.47, 0.53)
                      for a in (0.75, 1.0, 1.5, 2.0))
         return cls(36, 36, 12, 6, grid, 40, 128)
@@ -125,7 +124,7 @@ def stage_steering(model: Model, dirs, judge: EmotionJudge, cfg: DemoConfig, out
             rows += [(emotion, w, a)] * len(val)
             prompts += val
     texts = generate(model, prompts, steering=Steering.rows(dirs, rows, model.n_layers, scale="rms"),
-                     max_new_tokens=cfg.max_new_tokens, progress=progress)
+                     max_new_tokens=cfg.max_new_tokens, batch_size=64, progress=progress)
     probs = judge.probs(texts).view(len(EMOTIONS6), len(configs), len(val), -1)
     fluent = (torch.tensor(distinct_n(texts)) >= FLUENT).view(len(EMOTIONS6), len(configs), len(val))
     target = torch.stack([probs[i, :, :, judge.labels.index(e)] for i, e in enumerate(EMOTIONS6)])
@@ -143,7 +142,7 @@ def stage_steering(model: Model, dirs, judge: EmotionJudge, cfg: DemoConfig, out
     all_rows = [(None, [], 0.0)] * (len(plain) + len(instructed)) + steer_rows
     replies = generate(model, all_prompts, steering=Steering.rows(dirs, all_rows, model.n_layers,
                                                                   scale="rms"),
-                       max_new_tokens=cfg.max_new_tokens, progress=progress)
+                       max_new_tokens=cfg.max_new_tokens, batch_size=64, progress=progress)
     n = len(plain)
     unsteered, prompted, steered = replies[:n], replies[n:n + len(instructed)], replies[n + len(instructed):]
     pred_un = judge.predict(unsteered)

@@ -29,9 +29,6 @@ from .directions import EmotionDirections
 from .kernels import steer_add
 from .models import Model
 
-Positions = "str | int"
-
-
 @dataclass
 class Steering:
     """Per-row steering. `emotion_idx` [N] (-1 = unsteered), `alpha` [N], `layer_mask` [N, L]."""

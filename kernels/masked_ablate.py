@@ -185,7 +185,7 @@ def _check_args(x, row_variant, mask, mode, fill, group, pos_start) -> float:
     if mode in ("zero", "scale") and isinstance(fill, torch.Tensor):
         raise ValueError(f"masked_ablate: mode {mode!r} takes "
                          + ("no fill" if mode == "zero" else "fill = a python number (the factor)")
-                         + f", got a tensor")
+                         + ", got a tensor")
     if mode == "zero" and fill is not None:
         raise ValueError(f"masked_ablate: mode 'zero' takes no fill, got {fill!r}")
     if mode == "scale":

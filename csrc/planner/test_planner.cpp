@@ -1,6 +1,5 @@
 // Unit tests of the planner core (no torch, no framework): run by ctest (`make ctest`).
-// setup.py globs csrc/planner/*.cpp into emofast._C; the guard keeps this main() out of it.
-#ifdef EMOFAST_PLANNER_TEST
+// setup.py leaves test_*.cpp out of emofast._C, so this main() never reaches the extension.
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -253,4 +252,3 @@ int main() {
   return 0;
 }
 
-#endif  // EMOFAST_PLANNER_TEST
