@@ -34,6 +34,7 @@ full forward.
 """
 from __future__ import annotations
 
+import abc
 import time
 from typing import Literal, NamedTuple, Sequence
 
@@ -52,15 +53,16 @@ DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes
 
 
 # -- metrics --------------------------------------------------------------------------------
-class Metric:
+class Metric(abc.ABC):
     """One number per row from the edited next-token logits at each prompt's last real token:
     `metric(logits [B, vocab] fp32, clean_logprobs [B, vocab] fp32) -> [B]`."""
 
     def check(self, vocab_size: int) -> None:
         """Raise ValueError if the metric cannot be computed over `vocab_size` logits."""
 
+    @abc.abstractmethod
     def __call__(self, logits: torch.Tensor, clean_logprobs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """[B] metric values."""
 
 
 def _token_ids(tokens, what: str) -> torch.Tensor:
