@@ -23,7 +23,7 @@ import torch
 
 from . import report
 from .data import EMOTIONS6, load_dataset, load_skeletons, sev_prompts
-from .directions import diff_of_means
+from .directions import diff_of_means, subtract_group_means
 from .extract import example_activations, prompt_activations, sev_directions
 from .geometry import emotion_pca
 from .judge import EmotionJudge
@@ -102,10 +102,8 @@ def stage_sev6(model: Model, cfg: DemoConfig, out: Path, progress: bool):
                         "sev6 prompts: train -> test skeletons", 1 / 6, progress)
     dirs = sev_directions(model, train[:cfg.n_train_skeletons], progress=progress)
     dirs.save(out / "sev6")
-    centred = a_train[sep.best_layer] - torch.stack(  # PCA of the group-centred activations
-        [a_train[sep.best_layer][[j for j, q in enumerate(p_train) if q.group == p.group]].mean(0)
-         for p in p_train])
-    pca = emotion_pca(centred, n_components=2)
+    best = a_train[sep.best_layer][None]                                    # [1, N, d_model]
+    pca = emotion_pca(subtract_group_means(best, [p.group for p in p_train])[0], n_components=2)
     report.plot_scatter_2d(out / "sev6_pca.png", pca.projected, y_train,
                            title=f"sev6 group-centred, layer {sep.best_layer} (PCA)")
     return dirs, {**sep.to_json(), "n_train": len(p_train), "n_test": len(p_test),

@@ -140,8 +140,8 @@ def _rows(labels: list[str], label: str) -> Tensor:
     return torch.tensor([i for i, x in enumerate(labels) if x == label])
 
 
-def _subtract_group_means(acts: Tensor, groups: Sequence[Hashable]) -> Tensor:
-    """Subtract from each row the mean of all rows that share its group id."""
+def subtract_group_means(acts: Tensor, groups: Sequence[Hashable]) -> Tensor:
+    """[L, N, d_model]: subtract from each row the mean of all rows that share its group id."""
     ids: dict[Hashable, int] = {}
     gidx = torch.tensor([ids.setdefault(g, len(ids)) for g in groups], device=acts.device)  # [N]
     L, _, d_model = acts.shape
@@ -185,7 +185,7 @@ def diff_of_means(
         groups = list(groups)
         if len(groups) != N:
             raise ValueError(f"groups has {len(groups)} entries but acts has {N} rows")
-        acts = _subtract_group_means(acts, groups)
+        acts = subtract_group_means(acts, groups)
 
     present = sorted(set(labels))
     if baseline == "mean":
