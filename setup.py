@@ -44,7 +44,7 @@ setup(
         "torch", "triton", "transformers>=4.45", "accelerate", "bitsandbytes", "numpy",
         "safetensors", "tqdm", "matplotlib", "gguf",
     ],
-    extras_require={"dev": ["pytest", "pytest-benchmark"]},
+    extras_require={"dev": ["pytest", "pytest-benchmark", "scipy"]},
     entry_points={"console_scripts": ["emofast=emofast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
