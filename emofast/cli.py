@@ -1,4 +1,4 @@
-"""The `emofast` command: demo, directions, steer. `emofast <command> --help` explains each."""
+"""The `emofast` command: demo, directions, steer, sweep. `emofast <command> --help` explains each."""
 from __future__ import annotations
 
 import argparse
@@ -118,6 +118,12 @@ def cmd_steer(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .sweep_cli import cmd_sweep as run
+
+    return run(args, _load(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emofast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--compare", action="store_true", help="also print the unsteered reply")
     p.set_defaults(fn=cmd_steer)
+
+    from .sweep_cli import add_arguments as sweep_arguments
+
+    p = sub.add_parser("sweep", help="exact ablation sweep: prompts x variants x metric, to a "
+                       "resumable results folder")
+    _model_args(p)
+    sweep_arguments(p)
+    p.set_defaults(fn=cmd_sweep)
     return parser
 
 

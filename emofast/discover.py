@@ -32,7 +32,9 @@ from torch import Tensor
 from .directions import EmotionDirections
 from .models import Model
 from .planner import Edit
-from .sweep import KL, Metric, _encode, _last_logits, sweep
+from .runner import position_ids, readout_hook
+from .sweep import KL, Metric, encode_batches, sweep
+from .sweep_metrics import Readout
 
 SITE_OF = {"heads": "attn_z", "neurons": "mlp_act"}
 
@@ -138,7 +140,7 @@ def attribution_screen(model: Model, prompts: Sequence[str], metric: Metric, *,
                          "or LogProb(t) instead (and verify KL with sweep)")
     if not isinstance(metric, Metric):
         raise TypeError(f"metric must be a Metric (LogitDiff(a, b), LogProb(t)), got {metric!r}")
-    metric.check(model.hf.config.vocab_size)
+    metric.check(model.hf.config.vocab_size, model.d_model, model.n_layers)
     sites = tuple(sites)
     if not sites or any(s not in SITE_OF.values() for s in sites):
         raise ValueError(f"sites must be a non-empty subset of ('attn_z', 'mlp_act'), got {sites}")
@@ -151,7 +153,7 @@ def attribution_screen(model: Model, prompts: Sequence[str], metric: Metric, *,
     keys = [(layer, site) for site in sites for layer in range(model.n_layers)]
     totals = {site: 0.0 for site in sites}
     clean_sum = 0.0
-    batches = _encode(model, prompts, batch_size)
+    batches = encode_batches(model, prompts, batch_size)
     for b in batches:
         est, value = _attribute_batch(model, b, metric, keys, positions)
         clean_sum += value
@@ -179,10 +181,19 @@ def _attribute_batch(model: Model, b, metric: Metric, keys: list[tuple[int, str]
         acts[site], probes[site] = act.detach(), zero
         return act + zero
 
-    with torch.enable_grad(), model.hooks([(f"L{layer}.{site}", probe) for layer, site in keys]):
-        logits = _last_logits(model, b.ids, b.mask)                   # [B, vocab]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        values = metric(logits, logits.detach().log_softmax(-1))      # [B]
+    seen = {}
+    hooks = [(f"L{layer}.{site}", probe) for layer, site in keys]
+    if metric.reads == "resid":
+        hooks.append(readout_hook(model, metric, seen))
+    with torch.enable_grad(), model.hooks(hooks):
+        hidden = model.hf.base_model(input_ids=b.ids, attention_mask=b.mask,
+                                     position_ids=position_ids(b.mask),
+                                     use_cache=False).last_hidden_state
+        if metric.reads == "logits":
+            logits = model.hf.get_output_embeddings()(hidden[:, -1]).float()  # [B, vocab]
+            values = metric(Readout(logits, logits.detach().log_softmax(-1), None))  # [B]
+        else:
+            values = metric(Readout(None, None, seen["resid"]))
         leaves = [probes[s] for s in sorted(probes)]
         grads = dict(zip(sorted(probes), torch.autograd.grad(values.sum(), leaves,
                                                              allow_unused=True)))

@@ -3,7 +3,8 @@
     from emofast.planner import Edit
     variants = [[Edit(3, "attn_z", [h])] for h in range(model.n_heads)]        # one head each
     variants += [[Edit(5, "mlp_act", neurons, mode="mean")]]                    # a neuron set
-    res = sweep(model, prompts, variants, LogitDiff([pos_id], [neg_id]), positions="last")
+    res = sweep(model, prompts, variants, LogitDiff([pos_id], [neg_id]), positions="last",
+                out="runs/heads")                  # resumable; writes results.json
     res.values        # [n_variants] mean over prompts;  res.per_prompt [n_variants, n_prompts]
 
 A variant is a list of `Edit`s (none = the clean run). Units: mlp_act edits neurons, attn_z edits
@@ -18,156 +19,82 @@ sets one scope for the whole sweep: "all" (each Edit's own pos_start, 0 = every 
 (only each prompt's last token) or an int p (real tokens >= p); with "last" or an int, the Edits
 must leave pos_start at 0. Pad positions are never edited.
 
-Metrics read the next-token logits at the last real token of each prompt: `KL()` = KL(clean ||
-edited), `LogitDiff(a, b)` = mean logit over token set a minus mean over b, `LogProb(t)` = log
-of the probability mass on tokens t. They run on the device over all rows of a forward at once;
-the host reads results once, at the end.
+Metrics (`emofast.sweep_metrics`: KL, LogitDiff, LogProb, Projection, ProbeProb) read each
+prompt's last real token. They run on the device over all rows of a forward at once; the host
+reads results once per stored piece (with `out`) or once at the end.
 
 Engines. "loop" is the reference: one hooked forward per variant and prompt batch, edits done by
-plain indexing. "batched": the planner (`emofast.planner.plan_sweep`) packs variants into chunks
-that fit `memory_budget`; a chunk's variants are folded into the batch (row r = variant r // P,
-prompt r % P), and one hook per (layer, site) applies every row's own edit with `masked_ablate`.
-Only the last position goes through the unembedding. Both engines give the same numbers
-(tests/test_sweep.py).
-The chunks' shared clean prefix (first_layer, pos_start) is not reused yet: each chunk runs the
-full forward.
+plain indexing, full logits, as the peers do it. "batched": the planner
+(`emofast.planner.plan_sweep`) packs variants into chunks that fit `memory_budget`; a chunk's
+variants are folded into the batch (row r = variant r // P, prompt r % P) and run by
+`emofast.runner.run_chunk` from the clean run's cached state: layers below the chunk's first
+edited layer and positions below its first edited position are not recomputed, each row's edit
+is applied by `masked_ablate`, and only the last position is unembedded. On an out-of-memory
+error a chunk halves and retries. Both engines give the same numbers (tests/test_sweep.py).
+
+Output folder (`out`): finished pieces are stored as they complete (`emofast.sweep_store`); a
+sweep called again with the same out, model, prompts, variants, metric and positions computes
+only what is missing, and the end writes results.json and results.safetensors.
 """
 from __future__ import annotations
 
-import abc
+import os
 import time
 from typing import Literal, NamedTuple, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .kernels import masked_ablate
 from .models import Model
-from .planner import Edit, Variant, plan_sweep
+from .planner import Chunk, Edit, Variant, plan_sweep
+from .runner import Batch, clean_pass, readout_hook, run_chunk
+from .sweep_metrics import KL, LogitDiff, LogProb, Metric, ProbeProb, Projection, Readout
+from .sweep_store import SweepStore, fingerprint, write_results
 
+__all__ = ["sweep", "SweepResult", "Metric", "KL", "LogitDiff", "LogProb", "Projection",
+           "ProbeProb", "encode_batches"]
 ENGINES = ("batched", "loop")
 SWEEP_SITES = ("mlp_act", "attn_z")
 SWEEP_MODES = ("zero", "mean")
-DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes
+LOOP_PIECE = 16  # loop variants per stored piece
 
 
-# -- metrics --------------------------------------------------------------------------------
-class Metric(abc.ABC):
-    """One number per row from the edited next-token logits at each prompt's last real token:
-    `metric(logits [B, vocab] fp32, clean_logprobs [B, vocab] fp32) -> [B]`."""
-
-    def check(self, vocab_size: int) -> None:
-        """Raise ValueError if the metric cannot be computed over `vocab_size` logits."""
-
-    @abc.abstractmethod
-    def __call__(self, logits: torch.Tensor, clean_logprobs: torch.Tensor) -> torch.Tensor:
-        """[B] metric values."""
-
-
-def _token_ids(tokens, what: str) -> torch.Tensor:
-    ids = torch.as_tensor([tokens] if isinstance(tokens, int) else tokens).reshape(-1)
-    if ids.numel() == 0 or ids.is_floating_point() or ids.dtype == torch.bool:
-        raise ValueError(f"{what}: give one or more integer token ids, got {tokens!r}")
-    if len(set(ids.tolist())) != ids.numel():
-        raise ValueError(f"{what}: duplicate token ids in {ids.tolist()}; give each token once")
-    return ids.long()
-
-
-def _check_vocab(ids: torch.Tensor, vocab_size: int, what: str) -> None:
-    bad = [t for t in ids.tolist() if not 0 <= t < vocab_size]
-    if bad:
-        raise ValueError(f"{what}: token id(s) {bad} out of range: the model's vocabulary has "
-                         f"{vocab_size} tokens (0..{vocab_size - 1})")
-
-
-class KL(Metric):
-    """KL(clean || edited) of the next-token distribution, nats (0 for the clean run)."""
-
-    def __call__(self, logits, clean_logprobs):
-        return F.kl_div(logits.log_softmax(-1), clean_logprobs, log_target=True,
-                        reduction="none").sum(-1)
-
-    def __repr__(self):
-        return "KL()"
-
-
-class LogitDiff(Metric):
-    """Mean logit of `tokens_a` minus mean logit of `tokens_b`."""
-
-    def __init__(self, tokens_a: Sequence[int] | int, tokens_b: Sequence[int] | int):
-        self.tokens_a = _token_ids(tokens_a, "LogitDiff tokens_a")
-        self.tokens_b = _token_ids(tokens_b, "LogitDiff tokens_b")
-
-    def check(self, vocab_size):
-        _check_vocab(self.tokens_a, vocab_size, "LogitDiff tokens_a")
-        _check_vocab(self.tokens_b, vocab_size, "LogitDiff tokens_b")
-
-    def __call__(self, logits, clean_logprobs):
-        a, b = self.tokens_a.to(logits.device), self.tokens_b.to(logits.device)
-        return logits[:, a].mean(-1) - logits[:, b].mean(-1)
-
-    def __repr__(self):
-        return f"LogitDiff({self.tokens_a.tolist()}, {self.tokens_b.tolist()})"
-
-
-class LogProb(Metric):
-    """log P(next token in `tokens`) = logsumexp of the tokens' log-probabilities."""
-
-    def __init__(self, tokens: Sequence[int] | int):
-        self.tokens = _token_ids(tokens, "LogProb tokens")
-
-    def check(self, vocab_size):
-        _check_vocab(self.tokens, vocab_size, "LogProb tokens")
-
-    def __call__(self, logits, clean_logprobs):
-        return logits.log_softmax(-1)[:, self.tokens.to(logits.device)].logsumexp(-1)
-
-    def __repr__(self):
-        return f"LogProb({self.tokens.tolist()})"
-
-
-# -- the sweep ------------------------------------------------------------------------------
 class SweepResult(NamedTuple):
     values: torch.Tensor        # [n_variants] fp32, the metric averaged over prompts
     per_prompt: torch.Tensor    # [n_variants, n_prompts] fp32, in the caller's orders
     engine: str                 # "batched" or "loop"
-    elapsed_s: float            # wall time of the whole call, clean pass included
-
-
-class _Batch(NamedTuple):
-    """One left-padded prompt batch: prompts start..stop-1 of the sweep."""
-    ids: torch.Tensor           # [P_b, T] on the model's device
-    mask: torch.Tensor          # [P_b, T]
-    pad: torch.Tensor           # [P_b] pad tokens in front of each row
-    start: int
-    stop: int
+    elapsed_s: float            # wall time of this call, clean pass included
+    resumed: int = 0            # variants read back from `out` instead of computed
+    splits: int = 0             # chunks halved after running out of memory
 
 
 @torch.inference_mode()
 def sweep(model: Model, prompts: Sequence[str], variants: Sequence[Variant | Sequence[Edit]],
           metric: Metric, *, engine: Literal["batched", "loop"] = "batched",
           positions: Literal["all", "last"] | int = "all", batch_size: int = 32,
-          memory_budget: int | None = None, progress: bool = True) -> SweepResult:
+          memory_budget: int | None = None, out: str | os.PathLike | None = None,
+          progress: bool = True) -> SweepResult:
     """Run every variant on every prompt and measure `metric` (see the module docstring).
 
     prompts are texts as the model should see them (apply `model.chat_text` first if wanted);
     batch_size prompts share one forward (batched: times the chunk's variants); memory_budget
-    (bytes, default 2 GiB) bounds a batched chunk by the planner's estimate; loop ignores it."""
+    (bytes; default a quarter of free device memory) bounds a batched chunk by the planner's
+    estimate; loop ignores it. out: a folder for resumable results (see module docstring)."""
     t0 = time.perf_counter()
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}: one of {', '.join(ENGINES)}")
     if not isinstance(metric, Metric):
-        raise TypeError(f"metric must be a Metric (KL(), LogitDiff(a, b), LogProb(t)), "
-                        f"got {metric!r}")
+        raise TypeError(f"metric must be a Metric (KL(), LogitDiff(a, b), LogProb(t), "
+                        f"Projection(v), ProbeProb(probe, cls)), got {metric!r}")
     head = model.hf.get_output_embeddings()
-    metric.check(getattr(head, "out_features", None) or model.hf.config.vocab_size)
+    metric.check(getattr(head, "out_features", None) or model.hf.config.vocab_size,
+                 model.d_model, model.n_layers)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if memory_budget is not None and memory_budget <= 0:
         raise ValueError(f"memory_budget must be > 0 bytes, got {memory_budget}")
     variants = _scoped(model, variants, positions)
-    batches = _encode(model, prompts, batch_size)
+    batches = encode_batches(model, prompts, batch_size)
     longest = max(int(b.mask.sum(-1).max()) for b in batches)
     for i, edits in enumerate(variants):
         for e in edits:
@@ -175,17 +102,28 @@ def sweep(model: Model, prompts: Sequence[str], variants: Sequence[Variant | Seq
                 raise ValueError(f"variant {i}: pos_start {e.pos_start} edits nothing: the "
                                  f"longest prompt has {longest} tokens (real-token positions "
                                  f"0..{longest - 1})")
-    mean_keys = {(e.layer, e.site) for edits in variants for e in edits if e.mode == "mean"}
-    clean_logprobs, means = _clean_pass(model, batches, mean_keys)
-    last = positions == "last"
-    if engine == "loop":
-        per_prompt = _run_loop(model, batches, variants, metric, clean_logprobs, means, last,
-                               progress)
-    else:
-        per_prompt = _run_batched(model, batches, variants, metric, clean_logprobs, means, last,
-                                  memory_budget or DEFAULT_MEMORY_BUDGET, progress)
-    per_prompt = per_prompt.float().cpu()  # the one host sync
-    return SweepResult(per_prompt.mean(1), per_prompt, engine, time.perf_counter() - t0)
+    store = None
+    if out is not None:
+        store = SweepStore(out, fingerprint(model, prompts, variants, metric, positions, None))
+    done = store.done if store else {}
+    per_prompt = torch.empty(len(variants), batches[-1].stop, device=model.device)
+    for i, row in done.items():
+        per_prompt[i] = row.to(per_prompt.device)
+    todo = [i for i in range(len(variants)) if i not in done]
+    splits = 0
+    if todo:
+        bar = tqdm(total=len(variants), initial=len(variants) - len(todo), unit="variant",
+                   desc=f"sweep ({engine})", disable=not progress)
+        run = _run_loop if engine == "loop" else _run_batched
+        splits = run(model, batches, variants, todo, metric, positions == "last", per_prompt,
+                     store, bar, memory_budget)
+        bar.close()
+    per_prompt = per_prompt.float().cpu()  # the one host sync without `out`
+    result = SweepResult(per_prompt.mean(1), per_prompt, engine, time.perf_counter() - t0,
+                         len(variants) - len(todo), splits)
+    if out is not None:
+        write_results(out, result, variants, metric, positions)
+    return result
 
 
 def _scoped(model: Model, variants, positions) -> list[tuple[Edit, ...]]:
@@ -233,63 +171,63 @@ def _scoped(model: Model, variants, positions) -> list[tuple[Edit, ...]]:
     return out
 
 
-def _encode(model: Model, prompts: Sequence[str], batch_size: int) -> list[_Batch]:
+def encode_batches(model: Model, prompts: Sequence[str], batch_size: int) -> list[Batch]:
+    """Left-padded prompt batches on the model's device (every row's last token at T-1)."""
     if isinstance(prompts, str) or not len(prompts):
         raise ValueError("sweep needs a non-empty list of prompt texts")
     batches, dev = [], model.device
     for start in range(0, len(prompts), batch_size):
         texts = list(prompts[start:start + batch_size])
-        enc = model.encode(texts, padding_side="left")  # every row's last real token at T-1
+        enc = model.encode(texts, padding_side="left")
         mask = enc["attention_mask"]
         if (mask.sum(-1) == 0).any():
             raise ValueError(f"prompt {start + int((mask.sum(-1) == 0).nonzero()[0])} has no "
                              "tokens: every prompt needs at least one")
-        batches.append(_Batch(enc["input_ids"].to(dev), mask.to(dev),
+        batches.append(Batch(enc["input_ids"].to(dev), mask.to(dev),
                               (mask.shape[1] - mask.sum(-1)).to(dev), start, start + len(texts)))
     return batches
 
 
-def _clean_pass(model: Model, batches: list[_Batch], mean_keys: set):
-    """Clean next-token log-probs [n_prompts, vocab] at the last token, and per (layer, site)
-    in `mean_keys` the mean activation over all real tokens of all prompts: mlp_act [d_mlp],
-    attn_z [H, d_head]."""
-    sums, count, logprobs = {k: 0.0 for k in mean_keys}, 0, []
-    for b in batches:
-        real = b.mask.bool()                                           # [P_b, T]
 
-        def read(act, site):
-            sums[(site.layer, site.kind)] += act[real].double().sum(0)  # [*act]
-
-        with model.hooks([(f"L{layer}.{site}", read) for layer, site in mean_keys]):
-            logits = model.forward(b.ids, b.mask).logits[:, -1]       # [P_b, vocab]
-        logprobs.append(logits.float().log_softmax(-1))
-        count += int(real.sum())
-    return torch.cat(logprobs), {k: (s / count).float() for k, s in sums.items()}
+def _finish(store, bar, ids: list[int] | torch.Tensor, per_prompt: torch.Tensor) -> None:
+    """A piece of variants is complete: store it (with `out`) and advance the bar."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    if store is not None:
+        store.add(ids, per_prompt[ids.to(per_prompt.device)])
+    bar.update(len(ids))
 
 
-def _row_starts(pad: torch.Tensor, T: int, pos_start, last: bool) -> torch.Tensor:
-    """Real-token pos_start (int or [B]) -> padded start per row [B]; "last" -> T-1."""
+def _row_starts(pad: torch.Tensor, T: int, pos_start: int, last: bool) -> list[int]:
+    """Real-token pos_start -> padded start per row; "last" -> T-1; T: nothing to edit."""
     if last:
-        return torch.full_like(pad, T - 1)
-    return (pad + pos_start).clamp(max=T)  # T: the prompt is too short, nothing to edit
+        return [T - 1] * len(pad)
+    return (pad + pos_start).clamp(max=T).tolist()
 
 
-def _run_loop(model, batches, variants, metric, clean_logprobs, means, last, progress):
+def _run_loop(model, batches, variants, todo, metric, last, per_prompt, store, bar, _budget):
     """The reference: per variant and prompt batch, one forward whose hooks index the edit."""
-    per_prompt = torch.empty(len(variants), batches[-1].stop, device=model.device)
-    for i, edits in enumerate(tqdm(variants, desc="sweep (loop)", unit="variant",
-                                   disable=not progress)):
-        for b in batches:
-            T = b.ids.shape[1]
-            hooks = [(f"L{e.layer}.{e.site}",
-                      _index_edit(e, _row_starts(b.pad, T, e.pos_start, last).tolist(),
-                                  means.get((e.layer, e.site)) if e.mode == "mean" else None))
-                     for e in edits]
-            with model.hooks(hooks):
-                logits = model.forward(b.ids, b.mask).logits[:, -1]   # [P_b, vocab]
-            per_prompt[i, b.start:b.stop] = metric(logits.float(),
-                                                   clean_logprobs[b.start:b.stop])
-    return per_prompt
+    mean_keys = {(e.layer, e.site) for i in todo for e in variants[i] if e.mode == "mean"}
+    states, means = clean_pass(model, batches, metric, first_layers=set(), mean_keys=mean_keys,
+                               keep_kv=False)
+    for piece in range(0, len(todo), LOOP_PIECE):
+        ids = todo[piece:piece + LOOP_PIECE]
+        for i in ids:
+            for st in states:
+                b = st.batch
+                T, seen = b.ids.shape[1], {}
+                hooks = [(f"L{e.layer}.{e.site}",
+                          _index_edit(e, _row_starts(b.pad, T, e.pos_start, last),
+                                      means.get((e.layer, e.site)) if e.mode == "mean" else None))
+                         for e in variants[i]]
+                if metric.reads == "resid":
+                    hooks.append(readout_hook(model, metric, seen))
+                with model.hooks(hooks):
+                    logits = model.forward(b.ids, b.mask).logits[:, -1].float()   # [P, vocab]
+                r = (Readout(logits, st.readout.clean_logprobs, None)
+                     if metric.reads == "logits" else Readout(None, None, seen["resid"]))
+                per_prompt[i, b.start:b.stop] = metric(r)
+        _finish(store, bar, ids, per_prompt)
+    return 0
 
 
 def _index_edit(e: Edit, starts: list[int], fill: torch.Tensor | None):
@@ -305,60 +243,67 @@ def _index_edit(e: Edit, starts: list[int], fill: torch.Tensor | None):
     return fn
 
 
-def _run_batched(model, batches, variants, metric, clean_logprobs, means, last, memory_budget,
-                 progress):
-    """Plan chunks, then per chunk and prompt batch one forward of V_c * P_b rows."""
-    dev, T_max = model.device, max(b.ids.shape[1] for b in batches)
-    plan = plan_sweep(variants, n_layers=model.n_layers,
+def _run_batched(model, batches, variants, todo, metric, last, per_prompt, store, bar,
+                 memory_budget):
+    """Plan chunks of the variants still to do; run each on every batch, halving on OOM."""
+    T_max = max(b.ids.shape[1] for b in batches)
+    plan = plan_sweep([variants[i] for i in todo], n_layers=model.n_layers,
                       n_units={"mlp_act": model.d_mlp, "attn_z": model.n_heads},
                       n_prompts=max(b.stop - b.start for b in batches),
                       bytes_per_row_per_layer=_row_layer_bytes(model, T_max),
-                      memory_budget=memory_budget)
-    fills = {k: m.flatten().to(dev) for k, m in means.items()}        # [W]
-    per_prompt = torch.empty(len(variants), batches[-1].stop, device=dev)
-    bar = tqdm(total=len(plan.chunks) * len(batches), desc="sweep (batched)", unit="chunk",
-               disable=not progress)
+                      memory_budget=memory_budget or default_memory_budget(model.device))
+    todo_t = torch.tensor(todo, dtype=torch.long)
+    mean_keys = {k for c in plan.chunks for k, m in c.modes.items() if m == "mean"}
+    states, means = clean_pass(model, batches, metric, mean_keys=mean_keys, keep_kv=True,
+                               first_layers={c.first_layer for c in plan.chunks})
+    fills = {k: m.flatten() for k, m in means.items()}                   # [W]
+    splits = 0
+
+    def run(chunk: Chunk, first_batch: int) -> None:
+        nonlocal splits
+        ids = todo_t[chunk.variant_ids].to(per_prompt.device)            # sweep variant ids
+        for j in range(first_batch, len(states)):
+            b = states[j].batch
+            try:
+                vals = run_chunk(model, states[j], chunk, metric, fills=fills, last=last)
+            except torch.OutOfMemoryError:
+                V_c = len(chunk.variant_ids)
+                if V_c == 1:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                splits += 1
+                bar.write(f"sweep: out of memory with {V_c} variants x {b.stop - b.start} "
+                          f"prompts; halving the chunk")
+                run(_take(chunk, slice(0, V_c // 2)), j)
+                run(_take(chunk, slice(V_c // 2, V_c)), j)
+                return
+            per_prompt[ids, b.start:b.stop] = vals.view(len(ids), -1)
+
     for chunk in plan.chunks:
-        V_c = len(chunk.variant_ids)
-        rows_of = chunk.variant_ids.to(dev)                            # [V_c]
-        for b in batches:
-            P_b, T = b.stop - b.start, b.ids.shape[1]
-            row_variant = torch.arange(V_c, device=dev).repeat_interleave(P_b)  # [V_c * P_b]
-            hooks = []
-            for key, mask in chunk.masks.items():
-                layer, site = key
-                pos = _row_starts(b.pad.repeat(V_c), T,
-                                  chunk.pos_starts[key].to(dev).repeat_interleave(P_b), last)
-                mode = chunk.modes[key]
-                hooks.append((f"L{layer}.{site}", _masked_edit(
-                    row_variant, mask.to(dev), mode, fills[key] if mode == "mean" else None,
-                    model.d_head if site == "attn_z" else 1, pos)))
-            with model.hooks(hooks):
-                logits = _last_logits(model, b.ids.repeat(V_c, 1), b.mask.repeat(V_c, 1))
-            vals = metric(logits.float(), clean_logprobs[b.start:b.stop].repeat(V_c, 1))
-            per_prompt[rows_of, b.start:b.stop] = vals.view(V_c, P_b)
-            bar.update(1)
-    bar.close()
-    return per_prompt
+        run(chunk, 0)
+        _finish(store, bar, todo_t[chunk.variant_ids], per_prompt)
+    return splits
 
 
-def _masked_edit(row_variant, mask, mode, fill, group, pos_start):
-    """Hook: every row's own edit in one masked_ablate call (attn_z flattened to H * d_head)."""
-    def fn(act, site):
-        x = act.flatten(2)                                             # [B, T, W]
-        return masked_ablate(x, row_variant, mask, mode=mode, fill=fill, group=group,
-                             pos_start=pos_start).view_as(act)
-    return fn
-
-
-def _last_logits(model: Model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Logits [B, vocab] at position T-1 only: the base model, then the unembedding."""
-    hidden = model.forward(ids, mask, base=True).last_hidden_state    # [B, T, d_model]
-    return model.hf.get_output_embeddings()(hidden[:, -1])
+def _take(chunk: Chunk, rows: slice) -> Chunk:
+    """The chunk's variants `rows` as a chunk of their own."""
+    return Chunk(chunk.variant_ids[rows], chunk.first_layer, chunk.pos_start, chunk.bytes,
+                 {k: m[rows] for k, m in chunk.masks.items()}, dict(chunk.modes),
+                 {k: p[rows] for k, p in chunk.pos_starts.items()})
 
 
 def _row_layer_bytes(model: Model, T: int) -> int:
-    """Planner estimate per batch row per layer run: T tokens x d_model x 4 live tensors
-    (residual, K, V, one working tensor) x element size. Rough: lower memory_budget if a chunk
-    runs out of memory."""
-    return T * model.d_model * 4 * next(model.hf.parameters()).element_size()
+    """Planner estimate per batch row per layer run: the key/value cache (2 x kv heads x d_head)
+    plus one layer's working set (d_mlp + 4 d_model), over T tokens. Rough: an OOM halves."""
+    cfg = model.hf.config
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or model.n_heads
+    width = 2 * kv_heads * model.d_head + model.d_mlp + 4 * model.d_model
+    return T * width * next(model.hf.parameters()).element_size()
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """A quarter of the free memory of `device` (CUDA: free GPU memory; CPU: available RAM)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 4
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4

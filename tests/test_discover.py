@@ -14,6 +14,7 @@ from emofast.directions import EmotionDirections
 from emofast.discover import attribution_screen, rank_neurons, spearman, verify_top
 from emofast.planner import Edit
 from emofast.sweep import KL, LogitDiff, LogProb, sweep
+from emofast.sweep_metrics import Readout
 
 PROMPTS = ["hello there", "a", "the quick brown fox", "abc def", "xyzzy!"]  # 1..19 tokens
 LOGIT_DIFF = LogitDiff([65, 66], [67, 68, 69])
@@ -95,7 +96,7 @@ def finite_difference(model, prompts, metric, layer, site, unit, positions, eps=
                     logits = model.hf(input_ids=x).logits[:, -1]      # [1, vocab]
             finally:
                 handle.remove()
-            return metric(logits, logits.log_softmax(-1)).item()
+            return metric(Readout(logits, logits.log_softmax(-1), None)).item()
         total += (run(1 - eps) - run(1 + eps)) / (2 * eps)
     return total / len(prompts)
 

@@ -138,7 +138,7 @@ def test_batched_equals_loop(family, scope):
                                per_edit_pos=scope == "per_edit")
     for metric in METRICS:  # batch_size 2: three prompt batches; budget: several chunks
         loop, batched = run_both(model, variants, metric, scope, batch_size=2,
-                                 memory_budget=60_000)
+                                 memory_budget=250_000)
         assert batched.per_prompt.shape == (len(variants), len(PROMPTS))
         tol = scale_tol(loop.per_prompt)
         torch.testing.assert_close(batched.per_prompt, loop.per_prompt, atol=tol, rtol=0)
@@ -151,7 +151,7 @@ def test_batched_equals_loop(family, scope):
 def test_batched_equals_loop_other_families(family):
     model = loud(make_tiny(family))
     variants = random_variants(model, 10, seed=7)
-    loop, batched = run_both(model, variants, KL(), "last", batch_size=2, memory_budget=60_000)
+    loop, batched = run_both(model, variants, KL(), "last", batch_size=2, memory_budget=250_000)
     torch.testing.assert_close(batched.per_prompt, loop.per_prompt,
                                atol=scale_tol(loop.per_prompt), rtol=0)
 
@@ -189,7 +189,7 @@ def test_300_variants_in_many_chunks(monkeypatch):
     plan_sweep = sweep_mod.plan_sweep
     monkeypatch.setattr(sweep_mod, "plan_sweep", spy)
     loop, batched = run_both(model, variants, LogitDiff([65], [66]), "all",
-                             memory_budget=200_000)
+                             memory_budget=800_000)
     assert len(plans[0].chunks) >= 5
     torch.testing.assert_close(batched.per_prompt, loop.per_prompt,
                                atol=scale_tol(loop.per_prompt), rtol=0)

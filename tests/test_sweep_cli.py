@@ -1,0 +1,106 @@
+"""`emofast sweep`: results.json in the documented format, values equal to the plain-HF oracle,
+variants from a JSON file, prompts from files and datasets, resume, and clear errors."""
+import json
+
+import pytest
+import torch
+
+import emofast.cli as cli
+from conftest import make_tiny
+from emofast.planner import Edit
+from emofast.sweep import KL, LogitDiff
+from test_sweep import PROMPTS, loud, oracle, scale_tol
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    model = loud(make_tiny("llama"))
+    monkeypatch.setattr(cli, "_load", lambda args: model)
+    return model
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return path
+
+
+def run(*argv) -> int:
+    return cli.main(["sweep", "--quiet", *map(str, argv)])
+
+
+def test_heads_kl_matches_oracle(tiny, prompts_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("--prompts", prompts_file, "--variants", "heads", "--positions", "last",
+               "--out", out) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert {"engine", "n_prompts", "n_variants", "elapsed_s", "variants_per_s",
+            "variants"} <= set(doc)
+    assert doc["engine"] == "batched" and doc["n_prompts"] == len(PROMPTS)
+    assert doc["n_variants"] == tiny.n_layers * tiny.n_heads
+    heads = [(layer, h) for layer in range(tiny.n_layers) for h in range(tiny.n_heads)]
+    for v, (layer, h) in zip(doc["variants"], heads):
+        assert [(e["layer"], e["site"], e["unit"]) for e in v["edits"]] == [(layer, "attn_z", h)]
+    want = oracle(tiny, PROMPTS, [[Edit(layer, "attn_z", [h])] for layer, h in heads], KL(),
+                  "last").mean(1).float()
+    got = torch.tensor([v["value"] for v in doc["variants"]])
+    torch.testing.assert_close(got, want, atol=scale_tol(want), rtol=0)
+    assert "variants/s" in capsys.readouterr().out
+    assert run("--prompts", prompts_file, "--variants", "heads", "--positions", "last",
+               "--out", out) == 0                                       # all resumed
+    assert json.loads((out / "results.json").read_text())["resumed"] == len(heads)
+
+
+def test_variants_file_logit_diff_mean_all(tiny, tmp_path):
+    spec = [{"edits": [{"layer": 0, "site": "mlp_act", "unit": 3},
+                       {"layer": 0, "site": "mlp_act", "unit": 9},
+                       {"layer": 2, "site": "attn_z", "unit": 1}]},
+            {"edits": []}, {"edits": [{"layer": 1, "site": "attn_z", "unit": 0}]}]
+    vfile = tmp_path / "variants.json"
+    vfile.write_text(json.dumps(spec))
+    txt = tmp_path / "prompts.txt"
+    txt.write_text("\n".join(PROMPTS) + "\n\n")
+    out = tmp_path / "run"
+    assert run("--prompts", txt, "--variants", vfile, "--mode", "mean", "--metric", "logit_diff",
+               "--tokens-a", "65,66", "--tokens-b", "67", "--engine", "loop", "--out", out) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["engine"] == "loop" and [len(v["edits"]) for v in doc["variants"]] == [3, 0, 1]
+    variants = [[Edit(0, "mlp_act", [3, 9], "mean"), Edit(2, "attn_z", [1], "mean")], [],
+                [Edit(1, "attn_z", [0], "mean")]]
+    want = oracle(tiny, PROMPTS, variants, LogitDiff([65, 66], [67]), "all").mean(1).float()
+    got = torch.tensor([v["value"] for v in doc["variants"]])
+    torch.testing.assert_close(got, want, atol=scale_tol(want), rtol=0)
+
+
+def test_neurons_spec_and_builtin_prompts(tiny, tmp_path):
+    out = tmp_path / "run"
+    assert run("--prompts", "basic4", "--limit", "3", "--variants", "neurons:1-2",
+               "--out", out) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["n_prompts"] == 3 and doc["n_variants"] == 2 * tiny.d_mlp
+    assert {v["edits"][0]["layer"] for v in doc["variants"]} == {1, 2}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "heads", "--metric", "logit_diff", "--tokens-a", "5"], "needs --tokens-a and"),
+    (["--variants", "heads", "--metric", "logprob", "--tokens-a", "999"], "[999] out of range"),
+    (["--variants", "neurons:7"], "out of range"),
+    (["--variants", "nope.json"], "is not 'heads', 'neurons:LAYERS' or a JSON file"),
+    (["--variants", "heads", "--metric", "projection"], "needs --emotion"),
+])
+def test_errors(tiny, prompts_file, tmp_path, capsys, argv, message):
+    assert run("--prompts", prompts_file, "--out", tmp_path / "x", *argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+
+
+def test_bad_variants_file(tiny, prompts_file, tmp_path, capsys):
+    vfile = tmp_path / "v.json"
+    for content, message in [("[{\"edits\": [{\"layer\": 0}]}]", "needs layer, site, unit"),
+                             ("[]", "non-empty JSON list"), ("{", "not valid JSON"),
+                             ("[{\"edits\": [{\"layer\": 0, \"site\": \"attn_z\", \"unit\": 9}]}]",
+                              "units [9] must be")]:
+        vfile.write_text(content)
+        assert run("--prompts", prompts_file, "--variants", vfile, "--out", tmp_path / "y") == 2
+        assert message in capsys.readouterr().err
