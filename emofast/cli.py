@@ -124,6 +124,27 @@ def cmd_sweep(args) -> int:
     return run(args, _load(args))
 
 
+def cmd_discover(args) -> int:
+    from .discover_run import DiscoverConfig, run_discover
+
+    model = _load(args)
+    cfg = DiscoverConfig.preset(not args.full)
+    cfg.circuits = not args.no_circuits
+    r = run_discover(model, args.out, quick=not args.full, config=cfg, progress=not args.quiet)
+    print(f"{'emotion':<10} {'top head':>9} {'effect':>8} {'spearman':>8} {'top10':>6}")
+    for e, x in r["emotions"].items():
+        he = x["head_effect"]
+        top = int(he.flatten().argmin())
+        print(f"{e:<10} {f'L{top // he.shape[1]}.H{top % he.shape[1]}':>9} "
+              f"{he.min().item():>8.3f} {x['spearman_all_heads']:>8.2f} {x['top10_found']:>4}/10")
+    if "circuits" in r:
+        print(f"\n{'emotion':<10} {'modulation':>10} {'steering':>9} {'prompting':>9}")
+        for e, v in r["circuits"]["control"]["per_emotion"].items():
+            print(f"{e:<10} {v['modulation']:>10.2f} {v['steering']:>9.2f} {v['prompting']:>9.2f}")
+    print(f"report: {Path(args.out) / 'index.html'}  ({r['elapsed_s']:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emofast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--compare", action="store_true", help="also print the unsteered reply")
     p.set_defaults(fn=cmd_steer)
+
+    p = sub.add_parser("discover", help="per-emotion head/neuron discovery, top-k curves, "
+                       "circuits and modulation vs steering vs prompting, as a report")
+    _model_args(p)
+    p.add_argument("--out", default="emofast-discover", help="report folder")
+    p.add_argument("--full", action="store_true", help="more prompts and the full circuit "
+                   "comparison (default: quick)")
+    p.add_argument("--no-circuits", action="store_true", help="skip the circuit comparison")
+    p.set_defaults(fn=cmd_discover)
 
     from .sweep_cli import add_arguments as sweep_arguments
 

@@ -47,6 +47,7 @@ class CleanState:
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None  # per layer [P, kv_heads, T, d_head]
     resid_pre: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [P, T, d_model]
     tuple_blocks: bool = False  # decoder layers return (hidden, ...) (GPT-Neo), not a tensor
+    patch: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # [P, T, W] source
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -79,9 +80,14 @@ def _readout(model: Model, metric: Metric, hidden_last: torch.Tensor, seen: dict
 
 
 def clean_pass(model: Model, batches: list[Batch], metric: Metric, *, first_layers: set[int],
-               mean_keys: set[tuple[int, str]], keep_kv: bool):
+               mean_keys: set[tuple[int, str]], keep_kv: bool,
+               sources: list[Batch] | None = None, patch_keys: set[tuple[int, str]] = frozenset(),
+               last: bool = False):
     """One clean forward per batch -> ([CleanState], {(layer, site): mean over all real tokens
-    of all prompts: mlp_act [d_mlp], attn_z [H, d_head]})."""
+    of all prompts: mlp_act [d_mlp], attn_z [H, d_head]}). With `sources` (batches aligned with
+    `batches`), each state's `patch` holds the source run's activations at `patch_keys`,
+    flattened to [P, T, W] on the prompt batch's positions (last: the source's last token at
+    T-1; else position for position, the lengths being equal)."""
     sums, count, states = {k: 0.0 for k in mean_keys}, 0, []
     for b in batches:
         real, seen, resid_pre = b.mask.bool(), {}, {}
@@ -116,8 +122,23 @@ def clean_pass(model: Model, batches: list[Batch], metric: Metric, *, first_laye
             kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         states.append(CleanState(b, _readout(model, metric, hidden_last, seen, logprobs), kv,
                                  resid_pre, returns[0]))
+        if sources is not None and patch_keys:
+            states[-1].patch = _source_acts(model, sources[len(states) - 1], patch_keys,
+                                            b.ids.shape[1], last)
         count += int(real.sum())
     return states, {k: (s / count).float() for k, s in sums.items()}
+
+
+def _source_acts(model: Model, src: Batch, keys, T: int, last: bool) -> dict:
+    acts = {}
+
+    def read(act, site):
+        a = act.flatten(2)                                                 # [P, T_src, W]
+        acts[(site.layer, site.kind)] = a[:, -1:].expand(-1, T, -1).contiguous() if last else a
+    with model.hooks([(f"L{layer}.{site}", read) for layer, site in keys]):
+        model.hf.base_model(input_ids=src.ids, attention_mask=src.mask,
+                            position_ids=position_ids(src.mask), use_cache=False)
+    return acts
 
 
 def repeat_readout(r: Readout, n: int) -> Readout:
@@ -144,9 +165,11 @@ def run_chunk(model: Model, state: CleanState, chunk: Chunk, metric: Metric, *,
         p_row = chunk.pos_starts[key].to(dev).repeat_interleave(P)        # [V_c * P] real p
         start = torch.full_like(p_row, T - 1) if last else b.pad.repeat(V_c) + p_row
         mode = chunk.modes[key]
+        fill = (fills.get(key) if mode == "mean" else
+                state.patch[key][:, s:].repeat(V_c, 1, 1) if mode == "patch" else None)
         hooks.append((f"L{layer}.{site}", _masked_edit(
-            row_variant, mask.to(dev), mode, fills.get(key) if mode == "mean" else None,
-            model.d_head if site == "attn_z" else 1, (start - s).clamp(0, T - s))))
+            row_variant, mask.to(dev), mode, fill, model.d_head if site == "attn_z" else 1,
+            (start - s).clamp(0, T - s))))
     if metric.reads == "resid":
         hooks.append(readout_hook(model, metric, seen))
     cache = None

@@ -9,7 +9,10 @@
 
 A variant is a list of `Edit`s (none = the clean run). Units: mlp_act edits neurons, attn_z edits
 heads. Modes: "zero" sets the units to 0; "mean" sets them to their mean activation over every
-real token of every prompt, read at that (layer, site) in one clean pass (both engines share it).
+real token of every prompt, read at that (layer, site) in one clean pass (both engines share it);
+"patch" sets them to their activation in a source run: `sources` gives one source text per
+prompt (e.g. an emotional version of a neutral prompt), patched position for position, so each
+pair must have the same token count, except with positions="last" (last token into last token).
 
 Positions. Every prompt batch is LEFT-padded, so each row's last real token sits at T-1, and
 position ids come from the attention mask (padding does not change the model's output). An
@@ -55,7 +58,7 @@ __all__ = ["sweep", "SweepResult", "Metric", "KL", "LogitDiff", "LogProb", "Proj
            "ProbeProb", "encode_batches"]
 ENGINES = ("batched", "loop")
 SWEEP_SITES = ("mlp_act", "attn_z")
-SWEEP_MODES = ("zero", "mean")
+SWEEP_MODES = ("zero", "mean", "patch")
 LOOP_PIECE = 16  # loop variants per stored piece
 
 
@@ -73,13 +76,14 @@ def sweep(model: Model, prompts: Sequence[str], variants: Sequence[Variant | Seq
           metric: Metric, *, engine: Literal["batched", "loop"] = "batched",
           positions: Literal["all", "last"] | int = "all", batch_size: int = 32,
           memory_budget: int | None = None, out: str | os.PathLike | None = None,
-          progress: bool = True) -> SweepResult:
+          sources: Sequence[str] | None = None, progress: bool = True) -> SweepResult:
     """Run every variant on every prompt and measure `metric` (see the module docstring).
 
     prompts are texts as the model should see them (apply `model.chat_text` first if wanted);
     batch_size prompts share one forward (batched: times the chunk's variants); memory_budget
     (bytes; default a quarter of free device memory) bounds a batched chunk by the planner's
-    estimate; loop ignores it. out: a folder for resumable results (see module docstring)."""
+    estimate; loop ignores it. out: a folder for resumable results (see module docstring);
+    sources: one source text per prompt, for "patch" edits."""
     t0 = time.perf_counter()
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}: one of {', '.join(ENGINES)}")
@@ -102,9 +106,10 @@ def sweep(model: Model, prompts: Sequence[str], variants: Sequence[Variant | Seq
                 raise ValueError(f"variant {i}: pos_start {e.pos_start} edits nothing: the "
                                  f"longest prompt has {longest} tokens (real-token positions "
                                  f"0..{longest - 1})")
+    src_batches = _sources(model, batches, variants, sources, positions == "last", batch_size)
     store = None
     if out is not None:
-        store = SweepStore(out, fingerprint(model, prompts, variants, metric, positions, None))
+        store = SweepStore(out, fingerprint(model, prompts, variants, metric, positions, sources))
     done = store.done if store else {}
     per_prompt = torch.empty(len(variants), batches[-1].stop, device=model.device)
     for i, row in done.items():
@@ -115,8 +120,8 @@ def sweep(model: Model, prompts: Sequence[str], variants: Sequence[Variant | Seq
         bar = tqdm(total=len(variants), initial=len(variants) - len(todo), unit="variant",
                    desc=f"sweep ({engine})", disable=not progress)
         run = _run_loop if engine == "loop" else _run_batched
-        splits = run(model, batches, variants, todo, metric, positions == "last", per_prompt,
-                     store, bar, memory_budget)
+        splits = run(model, batches, src_batches, variants, todo, metric, positions == "last",
+                     per_prompt, store, bar, memory_budget)
         bar.close()
     per_prompt = per_prompt.float().cpu()  # the one host sync without `out`
     result = SweepResult(per_prompt.mean(1), per_prompt, engine, time.perf_counter() - t0,
@@ -189,6 +194,30 @@ def encode_batches(model: Model, prompts: Sequence[str], batch_size: int) -> lis
 
 
 
+def _sources(model, batches, variants, sources, last: bool, batch_size: int):
+    """Validate `sources` against the patch edits; encode them like the prompts."""
+    patches = any(e.mode == "patch" for v in variants for e in v)
+    if sources is None:
+        if patches:
+            raise ValueError("patch edits need sources=[one source text per prompt]")
+        return None
+    if not patches:
+        raise ValueError("sources given but no variant has a patch edit (mode='patch')")
+    if isinstance(sources, str) or len(sources) != batches[-1].stop:
+        raise ValueError(f"sources must be a list of one text per prompt ({batches[-1].stop}), "
+                         f"got {1 if isinstance(sources, str) else len(sources)}")
+    src = encode_batches(model, sources, batch_size)
+    if not last:
+        for b, sb in zip(batches, src):
+            n, m = b.mask.sum(-1).tolist(), sb.mask.sum(-1).tolist()
+            for i, (a, c) in enumerate(zip(n, m)):
+                if a != c:
+                    raise ValueError(f"prompt {b.start + i} has {a} tokens but its source has "
+                                     f"{c}: patching position for position needs equal lengths "
+                                     "(or positions='last')")
+    return src
+
+
 def _finish(store, bar, ids: list[int] | torch.Tensor, per_prompt: torch.Tensor) -> None:
     """A piece of variants is complete: store it (with `out`) and advance the bar."""
     ids = torch.as_tensor(ids, dtype=torch.long)
@@ -204,20 +233,27 @@ def _row_starts(pad: torch.Tensor, T: int, pos_start: int, last: bool) -> list[i
     return (pad + pos_start).clamp(max=T).tolist()
 
 
-def _run_loop(model, batches, variants, todo, metric, last, per_prompt, store, bar, _budget):
+def _keys(edits, mode: str) -> set:
+    return {(e.layer, e.site) for v in edits for e in v if e.mode == mode}
+
+
+def _run_loop(model, batches, sources, variants, todo, metric, last, per_prompt, store, bar,
+              _budget):
     """The reference: per variant and prompt batch, one forward whose hooks index the edit."""
-    mean_keys = {(e.layer, e.site) for i in todo for e in variants[i] if e.mode == "mean"}
-    states, means = clean_pass(model, batches, metric, first_layers=set(), mean_keys=mean_keys,
-                               keep_kv=False)
+    edits = [variants[i] for i in todo]
+    states, means = clean_pass(model, batches, metric, first_layers=set(),
+                               mean_keys=_keys(edits, "mean"), keep_kv=False, sources=sources,
+                               patch_keys=_keys(edits, "patch"), last=last)
     for piece in range(0, len(todo), LOOP_PIECE):
         ids = todo[piece:piece + LOOP_PIECE]
         for i in ids:
             for st in states:
                 b = st.batch
                 T, seen = b.ids.shape[1], {}
+                fill = {"mean": means, "patch": st.patch}
                 hooks = [(f"L{e.layer}.{e.site}",
                           _index_edit(e, _row_starts(b.pad, T, e.pos_start, last),
-                                      means.get((e.layer, e.site)) if e.mode == "mean" else None))
+                                      fill.get(e.mode, {}).get((e.layer, e.site))))
                          for e in variants[i]]
                 if metric.reads == "resid":
                     hooks.append(readout_hook(model, metric, seen))
@@ -232,18 +268,24 @@ def _run_loop(model, batches, variants, todo, metric, last, per_prompt, store, b
 
 def _index_edit(e: Edit, starts: list[int], fill: torch.Tensor | None):
     """Hook: act [B, T, d_mlp] or [B, T, H, d_head]; row b, positions >= starts[b], the units
-    (dim 2: neurons or heads) := 0 or their mean."""
+    (dim 2: neurons or heads) := 0, their mean (fill [units, ...]) or the source's activation
+    (fill [B, T, W], flattened like act)."""
     units = list(e.units)
 
     def fn(act, site):
         act = act.clone()
         for b, s in enumerate(starts):
-            act[b, s:, units] = 0.0 if fill is None else fill[units].to(act.dtype)
+            if fill is None:
+                act[b, s:, units] = 0.0
+            elif e.mode == "patch":
+                act[b, s:, units] = fill.view_as(act)[b, s:, units]
+            else:
+                act[b, s:, units] = fill[units].to(act.dtype)
         return act
     return fn
 
 
-def _run_batched(model, batches, variants, todo, metric, last, per_prompt, store, bar,
+def _run_batched(model, batches, sources, variants, todo, metric, last, per_prompt, store, bar,
                  memory_budget):
     """Plan chunks of the variants still to do; run each on every batch, halving on OOM."""
     T_max = max(b.ids.shape[1] for b in batches)
@@ -253,9 +295,11 @@ def _run_batched(model, batches, variants, todo, metric, last, per_prompt, store
                       bytes_per_row_per_layer=_row_layer_bytes(model, T_max),
                       memory_budget=memory_budget or default_memory_budget(model.device))
     todo_t = torch.tensor(todo, dtype=torch.long)
-    mean_keys = {k for c in plan.chunks for k, m in c.modes.items() if m == "mean"}
-    states, means = clean_pass(model, batches, metric, mean_keys=mean_keys, keep_kv=True,
-                               first_layers={c.first_layer for c in plan.chunks})
+    keys = {m: {k for c in plan.chunks for k, x in c.modes.items() if x == m}
+            for m in ("mean", "patch")}
+    states, means = clean_pass(model, batches, metric, mean_keys=keys["mean"], keep_kv=True,
+                               first_layers={c.first_layer for c in plan.chunks},
+                               sources=sources, patch_keys=keys["patch"], last=last)
     fills = {k: m.flatten() for k, m in means.items()}                   # [W]
     splits = 0
 

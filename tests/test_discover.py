@@ -180,3 +180,33 @@ def test_spearman_matches_scipy_with_ties():
     assert spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
     assert spearman(x, x) == pytest.approx(1.0)
     assert spearman(x, torch.ones(8)) != spearman(x, torch.ones(8))  # nan: constant
+
+
+def test_discover_emotion_matches_direct_sweeps_and_reports(tmp_path):
+    """discover_run.discover_emotion: head effects and top-k curves equal direct sweeps of the
+    same variants; the plots and index.html are written."""
+    from emofast.discover_run import DiscoverConfig, _plots, _write_index, discover_emotion
+    from test_sweep import PROMPTS, loud
+
+    model = loud(make_tiny("llama"))
+    metric = LogitDiff([65, 66], [67])
+    cfg = DiscoverConfig(0, k_max=5, k_verify=4, batch_size=2, circuits=False)
+    r = discover_emotion(model, PROMPTS, metric, cfg, progress=False)
+    L, H = model.n_layers, model.n_heads
+    heads = [[Edit(layer, "attn_z", [h])] for layer in range(L) for h in range(H)]
+    direct = sweep(model, PROMPTS, [[]] + heads, metric, engine="loop", progress=False).values
+    torch.testing.assert_close(r["head_effect"].flatten(), direct[1:] - direct[0], atol=1e-4,
+                               rtol=0)
+    order = r["head_effect"].flatten().argsort()[:5].tolist()
+    top3 = [[Edit(i // H, "attn_z", [i % H]) for i in sorted(order[:3])]]
+    k3 = sweep(model, PROMPTS, [[]] + top3, metric, engine="loop", progress=False).values
+    assert r["curve_heads"][2] == pytest.approx((k3[1] - k3[0]).item(), abs=1e-4)
+    assert r["ks"] == [1, 2, 3, 4, 5] and len(r["curve_random"]) == 5
+    assert 0 <= r["top10_found"] <= 10 and r["k_verify"] == 4
+    per = {"joy": r, "fear": r}
+    _plots(tmp_path, model, per)
+    _write_index(tmp_path, {"model": "tiny", "metric": "m", "n_prompts_per_emotion": 5,
+                            "config": vars(cfg), "emotions": per})
+    for name in ("heads_joy.png", "topk_neurons.png", "topk_heads.png", "screen_vs_exact.png",
+                 "index.html"):
+        assert (tmp_path / name).stat().st_size > 0

@@ -36,3 +36,38 @@ def test_real_steering_step(smollm):
             with apply(smollm, st.take(slice(0, 1), 1)):
                 out = smollm.forward(enc["input_ids"], enc["attention_mask"]).logits
             assert (not torch.equal(out, clean)) == changed
+
+
+def test_real_sweep_cli_equals_independent_ablation(smollm, tmp_path, monkeypatch):
+    """`emofast sweep` with a variants file of random heads, neurons and mixes, all and last
+    positions, against the plain-HF oracle of test_sweep (unpadded forwards, pre-hooks)."""
+    import json
+    import random
+
+    import emofast.cli as cli
+    from emofast.planner import Edit
+    from emofast.sweep import KL
+    from test_sweep import oracle
+
+    monkeypatch.setattr(cli, "_load", lambda args: smollm)
+    prompts = ["I can't believe they cancelled my flight again.", "Thank you for the flowers!",
+               "The report is due on Friday."]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    rng = random.Random(4)
+    spec, variants = [], []
+    for i in range(12):
+        units = ([(rng.randrange(30), "attn_z", rng.randrange(9))] if i % 3 != 1 else []) + \
+                ([(rng.randrange(30), "mlp_act", rng.randrange(1536)) for _ in range(i % 3)])
+        spec.append({"edits": [{"layer": a, "site": s, "unit": u} for a, s, u in units]})
+        variants.append([Edit(a, s, [u]) for a, s, u in units])
+    (tmp_path / "v.json").write_text(json.dumps(spec))
+    for positions in ("all", "last"):
+        out = tmp_path / positions
+        assert cli.main(["sweep", "--quiet", "--prompts", str(tmp_path / "p.jsonl"), "--variants",
+                         str(tmp_path / "v.json"), "--positions", positions, "--out", str(out)]) == 0
+        got = torch.tensor([v["value"] for v in json.loads((out / "results.json").read_text())
+                            ["variants"]])
+        want = oracle(smollm, prompts, variants, KL(), positions).mean(1).float()
+        assert want.abs().max() > 1e-3
+        torch.testing.assert_close(got, want, atol=1e-4 * max(1.0, want.abs().max().item()),
+                                   rtol=0)

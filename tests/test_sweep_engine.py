@@ -196,3 +196,72 @@ def test_ten_thousand_variants():
                  engine="loop", progress=False)
     torch.testing.assert_close(res.per_prompt[sample], loop.per_prompt,
                                atol=scale_tol(loop.per_prompt), rtol=0)
+
+
+def patch_by_hand(model, prompt, source, edits, last: bool) -> torch.Tensor:
+    """Next-token logits of `prompt` with each edit's units set to their activation in an
+    unpadded run of `source` (same positions; last: the source's last token into the last)."""
+    ad, part = model.adapter, {"attn_z": "attn_out_proj", "mlp_act": "mlp_down"}
+
+    def cols(e):
+        return (list(e.units) if e.site == "mlp_act" else
+                [u * model.d_head + j for u in e.units for j in range(model.d_head)])
+
+    def run(text, pre):
+        x = model.tokenizer(text, return_tensors="pt")["input_ids"]
+        handles = [ad.module(e.layer, part[e.site]).register_forward_pre_hook(pre(e))
+                   for e in edits]
+        try:
+            with torch.no_grad():
+                return model.hf(input_ids=x).logits[0, -1].double()
+        finally:
+            for h in handles:
+                h.remove()
+    src = {}
+    run(source, lambda e: lambda m, args: src.__setitem__(e, args[0][0].clone()))
+
+    def write(e):
+        def pre(m, args):
+            z = args[0].clone()
+            if last:
+                z[0, -1, cols(e)] = src[e][-1, cols(e)]
+            else:
+                z[0, :, cols(e)] = src[e][:, cols(e)]
+            return (z,) + tuple(args[1:])
+        return pre
+    return run(prompt, write)
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_patch_from_source_run(family, positions):
+    model = loud(make_tiny(family))
+    prompts = ["hello there", "the quick brown fox", "abc"]
+    sources = (["HELLO THERE", "a slow purple fox!!", "xyz"] if positions == "all"
+               else ["hi", "emotional source text", "xyzzy"])   # last: any lengths
+    variants = [[], [Edit(1, "attn_z", [0, 2], "patch")], [Edit(0, "mlp_act", [1, 5, 9], "patch")],
+                [Edit(2, "mlp_act", [3], "patch"), Edit(1, "attn_z", [1], "patch")]]
+    metric = LogitDiff([65, 66], [67])
+    res = {engine: sweep(model, prompts, variants, metric, engine=engine, positions=positions,
+                         sources=sources, batch_size=2, progress=False)
+           for engine in ("loop", "batched")}
+    tol = scale_tol(res["loop"].per_prompt)
+    torch.testing.assert_close(res["batched"].per_prompt, res["loop"].per_prompt, atol=tol, rtol=0)
+    for i, edits in enumerate(variants):
+        for j, (p, s) in enumerate(zip(prompts, sources)):
+            logits = patch_by_hand(model, p, s, edits, positions == "last")
+            want = logits[[65, 66]].mean() - logits[67]
+            assert abs(res["loop"].per_prompt[i, j].item() - want.item()) <= tol
+    assert (res["loop"].per_prompt[1:] - res["loop"].per_prompt[0]).abs().max() > 100 * tol
+
+
+def test_patch_errors(tiny_llama):
+    v = [[Edit(0, "mlp_act", [1], "patch")]]
+    with pytest.raises(ValueError, match="patch edits need sources"):
+        sweep(tiny_llama, PROMPTS, v, KL(), progress=False)
+    with pytest.raises(ValueError, match="one text per prompt"):
+        sweep(tiny_llama, PROMPTS, v, KL(), sources=PROMPTS[:2], progress=False)
+    with pytest.raises(ValueError, match="prompt 0 has 11 tokens but its source has 2"):
+        sweep(tiny_llama, PROMPTS, v, KL(), sources=["ab"] + PROMPTS[1:], progress=False)
+    with pytest.raises(ValueError, match="no variant has a patch edit"):
+        sweep(tiny_llama, PROMPTS, [[]], KL(), sources=PROMPTS, progress=False)

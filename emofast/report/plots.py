@@ -87,11 +87,14 @@ def plot_layer_curves(
     ylabel: str = "accuracy",
     chance: float | None = None,
     ylim: tuple[float, float] | None = (0, 1.02),
+    xlabel: str = "layer",
+    mark_best: bool = True,
 ) -> Path:
     """One line per curve over `layers`; dashed chance line; best layer of the first curve marked.
 
     `curves` maps a name to one value per layer (NaN allowed: a gap in the line).
-    `ylim=None` lets matplotlib choose the y range.
+    `ylim=None` lets matplotlib choose the y range. For curves over something other than layers
+    (e.g. k), set `xlabel` and `mark_best=False`.
     """
     if not curves:
         raise ValueError("curves is empty: pass at least one {name: values per layer}")
@@ -108,7 +111,7 @@ def plot_layer_curves(
                 "pass one value per layer"
             )
         ax.plot(x, y, marker="o", markersize=4, linewidth=1.8, label=name, color=f"C{i}")
-        if i == 0 and np.isfinite(y).any():
+        if mark_best and i == 0 and np.isfinite(y).any():
             best = int(np.nanargmax(y))
             ax.plot([x[best]], [y[best]], marker="*", markersize=15, color="C0",
                     markeredgecolor="black", linestyle="none", zorder=5,
@@ -124,7 +127,7 @@ def plot_layer_curves(
         ax.set_xticks(x)
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("layer")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
