@@ -110,6 +110,16 @@ def stage_sev6(model: Model, cfg: DemoConfig, out: Path, progress: bool):
                   "pca_explained": pca.explained_variance_ratio.tolist()}
 
 
+def judged_grid(judge: EmotionJudge, texts: list[str], emotions, n_configs: int) -> torch.Tensor:
+    """Selection score [E, n_configs]: mean over prompts of judge P(target) x fluent (distinct
+    bigrams >= FLUENT); `texts` are ordered emotion, then config, then prompt."""
+    E = len(emotions)
+    probs = judge.probs(texts).view(E, n_configs, -1, len(judge.labels))
+    fluent = (torch.tensor(distinct_n(texts)) >= FLUENT).view(E, n_configs, -1)
+    target = torch.stack([probs[i, ..., judge.labels.index(e)] for i, e in enumerate(emotions)])
+    return (target * fluent).mean(-1)
+
+
 def stage_steering(model: Model, dirs, judge: EmotionJudge, cfg: DemoConfig, out: Path,
                    progress: bool) -> dict:
     configs = cfg.configs(model.n_layers)
@@ -123,10 +133,7 @@ def stage_steering(model: Model, dirs, judge: EmotionJudge, cfg: DemoConfig, out
             prompts += val
     texts = generate(model, prompts, steering=Steering.rows(dirs, rows, model.n_layers, scale="rms"),
                      max_new_tokens=cfg.max_new_tokens, batch_size=64, progress=progress)
-    probs = judge.probs(texts).view(len(EMOTIONS6), len(configs), len(val), -1)
-    fluent = (torch.tensor(distinct_n(texts)) >= FLUENT).view(len(EMOTIONS6), len(configs), len(val))
-    target = torch.stack([probs[i, :, :, judge.labels.index(e)] for i, e in enumerate(EMOTIONS6)])
-    grid = (target * fluent).mean(-1)                                       # [E, configs]
+    grid = judged_grid(judge, texts, EMOTIONS6, len(configs))               # [E, configs]
     report.plot_heatmap(out / "steering_grid.png", grid, list(EMOTIONS6), names,
                         title="steering selection: judge P(target) x fluent, train-skeleton prompts",
                         vmin=0, vmax=1)

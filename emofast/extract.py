@@ -69,13 +69,19 @@ def prompt_activations(model: Model, prompts: Sequence[Prompt], **kw) -> torch.T
                             templated=True, **kw)
 
 
-def expressed_activations(model: Model, prompts: Sequence[Prompt], **kw) -> torch.Tensor:
-    """[L, N, d_model]: mean over each prompt's prefilled reply opening."""
+def expressed_texts(model: Model, prompts: Sequence[Prompt]) -> tuple[list[str], list[tuple[int, int]]]:
+    """Each prompt's chat text ending in its prefilled reply opening, and the opening's
+    character span (for pool="span" / positions="span")."""
     heads = [model.chat_text(Prompt(p.system, p.user, p.emotion, p.valence, p.skeleton_id))
              for p in prompts]
     spans = [(len(h), len(h) + len(p.prefill)) for h, p in zip(heads, prompts)]
-    return text_activations(model, [h + p.prefill for h, p in zip(heads, prompts)], pool="span",
-                            spans=spans, templated=True, **kw)
+    return [h + p.prefill for h, p in zip(heads, prompts)], spans
+
+
+def expressed_activations(model: Model, prompts: Sequence[Prompt], **kw) -> torch.Tensor:
+    """[L, N, d_model]: mean over each prompt's prefilled reply opening."""
+    texts, spans = expressed_texts(model, prompts)
+    return text_activations(model, texts, pool="span", spans=spans, templated=True, **kw)
 
 
 def sev_directions(model: Model, skeletons: Sequence[Skeleton], *, source: str = "expressed",

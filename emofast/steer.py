@@ -102,9 +102,15 @@ class Steering:
 
 @contextmanager
 def apply(model: Model, steering: Steering | None) -> Iterator[None]:
-    """Install the steering hooks for one batch (rows of `steering` = batch rows)."""
+    """Install the steering hooks for one batch (rows of `steering` = batch rows). Another
+    per-row intervention with `alpha` [B] and a `hooks(model)` context (circuits.Modulation)
+    installs its own, so `generate` and `metrics.lm_preservation` run it too."""
     if steering is None or not bool((steering.alpha != 0).any()):
         yield
+        return
+    if not isinstance(steering, Steering):  # another per-row intervention (circuits.Modulation)
+        with steering.hooks(model):
+            yield
         return
     dev = model.device
     calls: dict[int, int] = {}
