@@ -28,6 +28,7 @@ from .kernels import masked_ablate
 from .models import Model
 from .planner import Chunk
 from .sweep_metrics import Metric, Readout
+from .sweep_steer import SteerTable, rows_steer
 
 
 class Batch(NamedTuple):
@@ -147,8 +148,9 @@ def repeat_readout(r: Readout, n: int) -> Readout:
 
 
 def run_chunk(model: Model, state: CleanState, chunk: Chunk, metric: Metric, *,
-              fills: dict, last: bool) -> torch.Tensor:
-    """Metric values [V_c * P] (variant-major) of the chunk's variants on one batch."""
+              fills: dict, last: bool, steer: SteerTable | None = None) -> torch.Tensor:
+    """Metric values [V_c * P] (variant-major) of the chunk's variants on one batch; `steer`
+    holds the entries its "steer" edits index (`emofast.sweep_steer`)."""
     b, L = state.batch, model.n_layers
     V_c, P, T = len(chunk.variant_ids), b.stop - b.start, b.ids.shape[1]
     f = chunk.first_layer
@@ -164,12 +166,15 @@ def run_chunk(model: Model, state: CleanState, chunk: Chunk, metric: Metric, *,
         layer, site = key
         p_row = chunk.pos_starts[key].to(dev).repeat_interleave(P)        # [V_c * P] real p
         start = torch.full_like(p_row, T - 1) if last else b.pad.repeat(V_c) + p_row
-        mode = chunk.modes[key]
+        mode, row_start = chunk.modes[key], (start - s).clamp(0, T - s)
+        if mode == "steer":
+            hooks.append((f"L{layer}.resid_post", rows_steer(steer, mask, row_variant, row_start)))
+            continue
         fill = (fills.get(key) if mode == "mean" else
                 state.patch[key][:, s:].repeat(V_c, 1, 1) if mode == "patch" else None)
         hooks.append((f"L{layer}.{site}", _masked_edit(
             row_variant, mask.to(dev), mode, fill, model.d_head if site == "attn_z" else 1,
-            (start - s).clamp(0, T - s))))
+            row_start)))
     if metric.reads == "resid":
         hooks.append(readout_hook(model, metric, seen))
     cache = None

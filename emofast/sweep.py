@@ -7,8 +7,9 @@
                 out="runs/heads")                  # resumable; writes results.json
     res.values        # [n_variants] mean over prompts;  res.per_prompt [n_variants, n_prompts]
 
-A variant is a list of `Edit`s (none = the clean run). Units: mlp_act edits neurons, attn_z edits
-heads. Modes: "zero" sets the units to 0; "mean" sets them to their mean activation over every
+A variant is a list of `Edit`s and `Steer`s (none = the clean run). Units: mlp_act edits neurons,
+attn_z edits heads. A `Steer(layer, vector, alpha)` adds a steering vector to resid_post of the
+layer (`emofast.sweep_steer`; `steer_grid` builds an emotion x layer x alpha grid). Modes: "zero" sets the units to 0; "mean" sets them to their mean activation over every
 real token of every prompt, read at that (layer, site) in one clean pass (both engines share it);
 "patch" sets them to their activation in a source run: `sources` gives one source text per
 prompt (e.g. an emotional version of a neutral prompt), patched position for position, so each
@@ -52,10 +53,11 @@ from .models import Model
 from .planner import Chunk, Edit, Variant, plan_sweep
 from .runner import Batch, clean_pass, readout_hook, run_chunk
 from .sweep_metrics import KL, LogitDiff, LogProb, Metric, ProbeProb, Projection, Readout
+from .sweep_steer import Steer, SteerTable, index_steer, lower_steers, steer_grid
 from .sweep_store import SweepStore, fingerprint, write_results
 
 __all__ = ["sweep", "SweepResult", "Metric", "KL", "LogitDiff", "LogProb", "Projection",
-           "ProbeProb", "encode_batches"]
+           "ProbeProb", "Steer", "steer_grid", "encode_batches"]
 ENGINES = ("batched", "loop")
 SWEEP_SITES = ("mlp_act", "attn_z")
 SWEEP_MODES = ("zero", "mean", "patch")
@@ -72,8 +74,9 @@ class SweepResult(NamedTuple):
 
 
 @torch.inference_mode()
-def sweep(model: Model, prompts: Sequence[str], variants: Sequence[Variant | Sequence[Edit]],
-          metric: Metric, *, engine: Literal["batched", "loop"] = "batched",
+def sweep(model: Model, prompts: Sequence[str],
+          variants: Sequence[Variant | Sequence[Edit | Steer]], metric: Metric, *,
+          engine: Literal["batched", "loop"] = "batched",
           positions: Literal["all", "last"] | int = "all", batch_size: int = 32,
           memory_budget: int | None = None, out: str | os.PathLike | None = None,
           sources: Sequence[str] | None = None, progress: bool = True) -> SweepResult:
@@ -97,7 +100,7 @@ def sweep(model: Model, prompts: Sequence[str], variants: Sequence[Variant | Seq
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if memory_budget is not None and memory_budget <= 0:
         raise ValueError(f"memory_budget must be > 0 bytes, got {memory_budget}")
-    variants = _scoped(model, variants, positions)
+    variants, table = _scoped(model, variants, positions)
     batches = encode_batches(model, prompts, batch_size)
     longest = max(int(b.mask.sum(-1).max()) for b in batches)
     for i, edits in enumerate(variants):
@@ -109,7 +112,8 @@ def sweep(model: Model, prompts: Sequence[str], variants: Sequence[Variant | Seq
     src_batches = _sources(model, batches, variants, sources, positions == "last", batch_size)
     store = None
     if out is not None:
-        store = SweepStore(out, fingerprint(model, prompts, variants, metric, positions, sources))
+        store = SweepStore(out, fingerprint(model, prompts, variants, metric, positions, sources,
+                                            table))
     done = store.done if store else {}
     per_prompt = torch.empty(len(variants), batches[-1].stop, device=model.device)
     for i, row in done.items():
@@ -119,40 +123,54 @@ def sweep(model: Model, prompts: Sequence[str], variants: Sequence[Variant | Seq
     if todo:
         bar = tqdm(total=len(variants), initial=len(variants) - len(todo), unit="variant",
                    desc=f"sweep ({engine})", disable=not progress)
-        run = _run_loop if engine == "loop" else _run_batched
-        splits = run(model, batches, src_batches, variants, todo, metric, positions == "last",
-                     per_prompt, store, bar, memory_budget)
+        job = _Job(model, batches, src_batches, variants, table, metric, positions == "last",
+                   per_prompt, store, bar, memory_budget)
+        splits = (_run_loop if engine == "loop" else _run_batched)(job, todo)
         bar.close()
     per_prompt = per_prompt.float().cpu()  # the one host sync without `out`
     result = SweepResult(per_prompt.mean(1), per_prompt, engine, time.perf_counter() - t0,
                          len(variants) - len(todo), splits)
     if out is not None:
-        write_results(out, result, variants, metric, positions)
+        write_results(out, result, variants, metric, positions, table)
     return result
 
 
-def _scoped(model: Model, variants, positions) -> list[tuple[Edit, ...]]:
-    """Validate the variants and apply the sweep-wide `positions` (an int p -> pos_start p)."""
-    if isinstance(variants, (Edit, Variant)) or not len(variants):
+class _Job(NamedTuple):
+    """Everything an engine needs to run the variants still to do."""
+    model: Model
+    batches: list[Batch]
+    sources: list[Batch] | None
+    variants: list[tuple[Edit, ...]]
+    steer: SteerTable | None
+    metric: Metric
+    last: bool
+    per_prompt: torch.Tensor    # [n_variants, n_prompts] filled in place
+    store: SweepStore | None
+    bar: tqdm
+    memory_budget: int | None
+
+
+def _scoped(model: Model, variants, positions) -> tuple[list[tuple[Edit, ...]], SteerTable | None]:
+    """Validate the variants, lower Steers to "steer" Edits (their table beside) and apply the
+    sweep-wide `positions` (an int p -> pos_start p)."""
+    if isinstance(variants, (Edit, Variant, Steer)) or not len(variants):
         raise ValueError("sweep needs a non-empty list of variants, each a list of Edits "
                          "(an empty list is the clean run)")
     if not (positions in ("all", "last") or isinstance(positions, int)
             and not isinstance(positions, bool) and positions >= 0):
         raise ValueError(f"positions must be 'all', 'last' or a real-token index p >= 0 "
                          f"(edit tokens >= p), got {positions!r}")
-    n_units = {"mlp_act": model.d_mlp, "attn_z": model.n_heads}
+    lowered, table = lower_steers(variants, model.d_model)
+    n_units = {"mlp_act": model.d_mlp, "attn_z": model.n_heads, "resid": len(table or ())}
     out = []
-    for i, v in enumerate(variants):
-        if isinstance(v, Edit):
-            raise TypeError(f"variant {i} is an Edit: a variant is a list of Edits, e.g. [edit]")
-        edits = v.edits if isinstance(v, Variant) else Variant(v).edits
+    for i, edits in enumerate(lowered):
         seen = {}
         for e in edits:
             where = f"variant {i}, L{e.layer}.{e.site}"
-            if e.site not in SWEEP_SITES or e.mode not in SWEEP_MODES:
+            if not (e.site in SWEEP_SITES and e.mode in SWEEP_MODES or e.mode == "steer"):
                 raise ValueError(f"{where}: sweep runs {'/'.join(SWEEP_MODES)} ablations of "
-                                 f"{' or '.join(SWEEP_SITES)}, got site {e.site!r}, "
-                                 f"mode {e.mode!r}")
+                                 f"{' or '.join(SWEEP_SITES)} and Steers, got site "
+                                 f"{e.site!r}, mode {e.mode!r}")
             if not 0 <= e.layer < model.n_layers:
                 raise ValueError(f"{where}: layer {e.layer} out of range: model has "
                                  f"{model.n_layers} layers (0..{model.n_layers - 1})")
@@ -173,7 +191,7 @@ def _scoped(model: Model, variants, positions) -> list[tuple[Edit, ...]]:
         if isinstance(positions, int) and positions > 0:
             edits = tuple(Edit(e.layer, e.site, e.units, e.mode, positions) for e in edits)
         out.append(tuple(edits))
-    return out
+    return out, table
 
 
 def encode_batches(model: Model, prompts: Sequence[str], batch_size: int) -> list[Batch]:
@@ -237,13 +255,13 @@ def _keys(edits, mode: str) -> set:
     return {(e.layer, e.site) for v in edits for e in v if e.mode == mode}
 
 
-def _run_loop(model, batches, sources, variants, todo, metric, last, per_prompt, store, bar,
-              _budget):
+def _run_loop(job: _Job, todo: list[int]) -> int:
     """The reference: per variant and prompt batch, one forward whose hooks index the edit."""
-    edits = [variants[i] for i in todo]
-    states, means = clean_pass(model, batches, metric, first_layers=set(),
-                               mean_keys=_keys(edits, "mean"), keep_kv=False, sources=sources,
-                               patch_keys=_keys(edits, "patch"), last=last)
+    model, metric, last = job.model, job.metric, job.last
+    edits = [job.variants[i] for i in todo]
+    states, means = clean_pass(model, job.batches, metric, first_layers=set(),
+                               mean_keys=_keys(edits, "mean"), keep_kv=False,
+                               sources=job.sources, patch_keys=_keys(edits, "patch"), last=last)
     for piece in range(0, len(todo), LOOP_PIECE):
         ids = todo[piece:piece + LOOP_PIECE]
         for i in ids:
@@ -251,18 +269,23 @@ def _run_loop(model, batches, sources, variants, todo, metric, last, per_prompt,
                 b = st.batch
                 T, seen = b.ids.shape[1], {}
                 fill = {"mean": means, "patch": st.patch}
-                hooks = [(f"L{e.layer}.{e.site}",
-                          _index_edit(e, _row_starts(b.pad, T, e.pos_start, last),
-                                      fill.get(e.mode, {}).get((e.layer, e.site))))
-                         for e in variants[i]]
+                hooks = []
+                for e in job.variants[i]:
+                    starts = _row_starts(b.pad, T, e.pos_start, last)
+                    if e.mode == "steer":
+                        hooks.append((f"L{e.layer}.resid_post",
+                                      index_steer(job.steer, e.units[0], starts)))
+                    else:
+                        hooks.append((f"L{e.layer}.{e.site}", _index_edit(
+                            e, starts, fill.get(e.mode, {}).get((e.layer, e.site)))))
                 if metric.reads == "resid":
                     hooks.append(readout_hook(model, metric, seen))
                 with model.hooks(hooks):
                     logits = model.forward(b.ids, b.mask).logits[:, -1].float()   # [P, vocab]
                 r = (Readout(logits, st.readout.clean_logprobs, None)
                      if metric.reads == "logits" else Readout(None, None, seen["resid"]))
-                per_prompt[i, b.start:b.stop] = metric(r)
-        _finish(store, bar, ids, per_prompt)
+                job.per_prompt[i, b.start:b.stop] = metric(r)
+        _finish(job.store, job.bar, ids, job.per_prompt)
     return 0
 
 
@@ -285,21 +308,23 @@ def _index_edit(e: Edit, starts: list[int], fill: torch.Tensor | None):
     return fn
 
 
-def _run_batched(model, batches, sources, variants, todo, metric, last, per_prompt, store, bar,
-                 memory_budget):
+def _run_batched(job: _Job, todo: list[int]) -> int:
     """Plan chunks of the variants still to do; run each on every batch, halving on OOM."""
+    model, batches, per_prompt, bar = job.model, job.batches, job.per_prompt, job.bar
     T_max = max(b.ids.shape[1] for b in batches)
-    plan = plan_sweep([variants[i] for i in todo], n_layers=model.n_layers,
-                      n_units={"mlp_act": model.d_mlp, "attn_z": model.n_heads},
+    n_units = {"mlp_act": model.d_mlp, "attn_z": model.n_heads}
+    if job.steer is not None:
+        n_units["resid"] = len(job.steer)
+    plan = plan_sweep([job.variants[i] for i in todo], n_layers=model.n_layers, n_units=n_units,
                       n_prompts=max(b.stop - b.start for b in batches),
                       bytes_per_row_per_layer=_row_layer_bytes(model, T_max),
-                      memory_budget=memory_budget or default_memory_budget(model.device))
+                      memory_budget=job.memory_budget or default_memory_budget(model.device))
     todo_t = torch.tensor(todo, dtype=torch.long)
     keys = {m: {k for c in plan.chunks for k, x in c.modes.items() if x == m}
             for m in ("mean", "patch")}
-    states, means = clean_pass(model, batches, metric, mean_keys=keys["mean"], keep_kv=True,
+    states, means = clean_pass(model, batches, job.metric, mean_keys=keys["mean"], keep_kv=True,
                                first_layers={c.first_layer for c in plan.chunks},
-                               sources=sources, patch_keys=keys["patch"], last=last)
+                               sources=job.sources, patch_keys=keys["patch"], last=job.last)
     fills = {k: m.flatten() for k, m in means.items()}                   # [W]
     splits = 0
 
@@ -309,7 +334,8 @@ def _run_batched(model, batches, sources, variants, todo, metric, last, per_prom
         for j in range(first_batch, len(states)):
             b = states[j].batch
             try:
-                vals = run_chunk(model, states[j], chunk, metric, fills=fills, last=last)
+                vals = run_chunk(model, states[j], chunk, job.metric, fills=fills, last=job.last,
+                                 steer=job.steer)
             except torch.OutOfMemoryError:
                 V_c = len(chunk.variant_ids)
                 if V_c == 1:
@@ -326,7 +352,7 @@ def _run_batched(model, batches, sources, variants, todo, metric, last, per_prom
 
     for chunk in plan.chunks:
         run(chunk, 0)
-        _finish(store, bar, todo_t[chunk.variant_ids], per_prompt)
+        _finish(job.store, bar, todo_t[chunk.variant_ids], per_prompt)
     return splits
 
 

@@ -3,6 +3,8 @@
     emofast sweep --prompts prompts.jsonl --variants heads --metric kl --out runs/heads
     emofast sweep --prompts basic4 --limit 8 --variants neurons:20-29 --mode mean \\
                   --metric logit_diff --tokens-a " happy" --tokens-b " sad" --out runs/n
+    emofast sweep --prompts basic4 --variants steer:anger,joy:10-19 --alphas 2,4,8 \\
+                  --metric projection --emotion anger --out runs/steer
 
 Writes DIR/results.json (format: `emofast.sweep_store.write_results`) and results.safetensors;
 an interrupted run resumes when started again with the same arguments.
@@ -16,7 +18,7 @@ from .data import BUILTIN, load_dataset, load_skeletons, read_jsonl, sev_prompts
 from .models import Model
 from .planner import Edit
 from .sites import parse_layers
-from .sweep import KL, LogitDiff, LogProb, Metric, ProbeProb, Projection, sweep
+from .sweep import KL, LogitDiff, LogProb, Metric, ProbeProb, Projection, Steer, steer_grid, sweep
 
 METRICS = ("kl", "logit_diff", "logprob", "projection", "probe")
 
@@ -50,10 +52,12 @@ def load_prompts(spec: str, model: Model, *, chat: bool, limit: int | None) -> l
     return texts[:limit] if limit else texts
 
 
-def variants_from_spec(spec: str, model: Model, mode: str) -> list[list[Edit]]:
+def variants_from_spec(spec: str, model: Model, mode: str, args=None) -> list[list]:
     """"heads": one variant per (layer, head); "neurons:LAYERS" (e.g. neurons:20-29): one per
-    (layer, neuron); FILE.json: [{"edits": [{"layer", "site", "unit"}]}], units of one (layer,
-    site) merged into one edit."""
+    (layer, neuron); "steer:EMOTIONS:LAYERS" (e.g. steer:anger,joy:10-19): one Steer per
+    (emotion, layer, --alphas); FILE.json: [{"edits": [...]}], an edit {"layer", "site",
+    "unit"} (units of one (layer, site) merged into one edit) or a Steer {"layer", "site":
+    "resid_post", "emotion", "alpha"[, "rms"]}. Steers use the --directions (see `directions`)."""
     if spec == "heads":
         return [[Edit(layer, "attn_z", [h], mode)] for layer in range(model.n_layers)
                 for h in range(model.n_heads)]
@@ -61,10 +65,18 @@ def variants_from_spec(spec: str, model: Model, mode: str) -> list[list[Edit]]:
         layers = parse_layers(spec.split(":", 1)[1], model.n_layers)
         return [[Edit(layer, "mlp_act", [n], mode)] for layer in layers
                 for n in range(model.d_mlp)]
+    if spec.startswith("steer:"):
+        parts = spec.split(":")
+        if len(parts) != 3 or not parts[1]:
+            raise ValueError(f"--variants {spec!r}: write steer:EMOTIONS:LAYERS, e.g. "
+                             "steer:anger,joy:10-19")
+        layers = parse_layers(parts[2], model.n_layers)
+        return steer_grid(directions(args, model), parts[1].split(","), layers,
+                          _floats(args.alphas, "--alphas"), rms=args.rms)
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"--variants {spec!r} is not 'heads', 'neurons:LAYERS' or a "
-                                "JSON file")
+        raise FileNotFoundError(f"--variants {spec!r} is not 'heads', 'neurons:LAYERS', "
+                                "'steer:EMOTIONS:LAYERS' or a JSON file")
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -77,13 +89,43 @@ def variants_from_spec(spec: str, model: Model, mode: str) -> list[list[Edit]]:
         if not isinstance(edits, list):
             raise ValueError(f"{path}: variant {i} needs an 'edits' list, got {item!r}")
         units: dict[tuple[int, str], list[int]] = {}
+        steers = []
         for e in edits:
+            if isinstance(e, dict) and e.get("site") == "resid_post":
+                if not {"layer", "emotion", "alpha"} <= set(e):
+                    raise ValueError(f"{path}: variant {i}: a resid_post edit (a Steer) needs "
+                                     f"layer, emotion, alpha; got {e!r}")
+                layer = int(e["layer"])
+                steers.append(Steer(layer, directions(args, model).get(e["emotion"], layer),
+                                    float(e["alpha"]), bool(e.get("rms", False)),
+                                    label=str(e["emotion"])))
+                continue
             if not isinstance(e, dict) or not {"layer", "site", "unit"} <= set(e):
                 raise ValueError(f"{path}: variant {i}: each edit needs layer, site, unit; "
                                  f"got {e!r}")
             units.setdefault((int(e["layer"]), str(e["site"])), []).append(int(e["unit"]))
-        out.append([Edit(layer, site, us, mode) for (layer, site), us in units.items()])
+        out.append([Edit(layer, site, us, mode) for (layer, site), us in units.items()] + steers)
     return out
+
+
+def directions(args, model: Model):
+    """--directions (a folder from `emofast directions`), else the model's sev6 directions
+    (computed once, cached); loaded once per command."""
+    if getattr(args, "_directions", None) is None:
+        from .directions import EmotionDirections
+        from .extract import cached_sev_directions
+
+        args._directions = (EmotionDirections.load(args.directions) if args.directions else
+                            cached_sev_directions(model, load_skeletons("sev6", split="train"),
+                                                  progress=not args.quiet))
+    return args._directions
+
+
+def _floats(spec: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"{what} {spec!r}: give comma-separated numbers, e.g. 2,4,8") from None
 
 
 def token_ids(spec: str, model: Model, what: str) -> list[int]:
@@ -117,12 +159,7 @@ def metric_from_args(args, model: Model) -> Metric:
         raise ValueError(f"--metric {args.metric} needs --emotion")
     layer = model.n_layers - 1 if args.layer is None else args.layer
     if args.metric == "projection":
-        from .directions import EmotionDirections
-        from .extract import cached_sev_directions
-
-        dirs = EmotionDirections.load(args.directions) if args.directions else \
-            cached_sev_directions(model, load_skeletons("sev6", split="train"), progress=False)
-        return Projection(dirs.get(args.emotion, layer), layer=layer)
+        return Projection(directions(args, model).get(args.emotion, layer), layer=layer)
     if not args.probe:
         raise ValueError("--metric probe needs --probe (a probe saved by `emofast directions`, "
                          "e.g. DIR/probe, fitted on resid_post of --layer)")
@@ -138,9 +175,15 @@ def add_arguments(p) -> None:
     p.add_argument("--chat", action="store_true", help="apply the chat template (default: plain "
                    "text with the tokenizer's defaults)")
     p.add_argument("--variants", required=True, help="heads | neurons:LAYERS (e.g. "
-                   "neurons:20-29) | FILE.json ([{\"edits\": [{\"layer\", \"site\", \"unit\"}]}])")
+                   "neurons:20-29) | steer:EMOTIONS:LAYERS (e.g. steer:anger,joy:10-19; one "
+                   "variant per emotion, layer and --alphas) | FILE.json ([{\"edits\": "
+                   "[{\"layer\", \"site\", \"unit\"}]}]; a steer: {\"layer\", \"site\": "
+                   "\"resid_post\", \"emotion\", \"alpha\"})")
     p.add_argument("--mode", choices=["zero", "mean"], default="zero",
                    help="zero or mean ablation (mean over every real token of the prompts)")
+    p.add_argument("--alphas", default="4", help="steer: comma-separated strengths (default 4)")
+    p.add_argument("--rms", action="store_true", help="steer: scale by each token's residual "
+                   "RMS (alpha * rms(h) * v, as arXiv 2510.11328)")
     p.add_argument("--positions", default="all", help="all | last | p (real tokens >= p)")
     p.add_argument("--metric", choices=METRICS, default="kl",
                    help="kl: KL(clean || edited) of the next token at the last position; "
@@ -152,8 +195,8 @@ def add_arguments(p) -> None:
     p.add_argument("--emotion", default=None, help="projection/probe: the emotion")
     p.add_argument("--layer", type=int, default=None, help="projection/probe: resid_post layer "
                    "read (default: the last)")
-    p.add_argument("--directions", default=None, help="projection: folder from `emofast "
-                   "directions` (default: the model's sev6 directions, cached)")
+    p.add_argument("--directions", default=None, help="projection and steer: folder from "
+                   "`emofast directions` (default: the model's sev6 directions, cached)")
     p.add_argument("--probe", default=None, help="probe: path prefix from `emofast directions`")
     p.add_argument("--engine", choices=["batched", "loop"], default="batched")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per forward")
@@ -165,7 +208,7 @@ def add_arguments(p) -> None:
 def cmd_sweep(args, model: Model) -> int:
     positions = int(args.positions) if args.positions.isdigit() else args.positions
     prompts = load_prompts(args.prompts, model, chat=args.chat, limit=args.limit)
-    variants = variants_from_spec(args.variants, model, args.mode)
+    variants = variants_from_spec(args.variants, model, args.mode, args)
     metric = metric_from_args(args, model)
     budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
     res = sweep(model, prompts, variants, metric, engine=args.engine, positions=positions,

@@ -24,7 +24,7 @@ from .report.files import write_json
 
 
 def fingerprint(model, prompts: Sequence[str], variants: Sequence[tuple[Edit, ...]], metric,
-                positions, sources: Sequence[str] | None) -> dict:
+                positions, sources: Sequence[str] | None, steer=None) -> dict:
     """What must be equal for stored results to be reused."""
     def sha(obj) -> str:
         return hashlib.sha1(json.dumps(obj).encode()).hexdigest()
@@ -35,7 +35,10 @@ def fingerprint(model, prompts: Sequence[str], variants: Sequence[tuple[Edit, ..
             "prompts_sha1": sha(list(prompts)), "n_prompts": len(prompts),
             "sources_sha1": sha(list(sources)) if sources is not None else None,
             "variants_sha1": sha([[edit_json(e) for e in v] for v in variants]),
-            "n_variants": len(variants), "metric": repr(metric), "positions": positions}
+            "n_variants": len(variants), "metric": repr(metric), "positions": positions,
+            "steer_sha1": None if steer is None else hashlib.sha1(
+                steer.vectors.numpy().tobytes() + steer.alpha.numpy().tobytes()
+                + steer.rms.numpy().tobytes() + json.dumps(steer.labels).encode()).hexdigest()}
 
 
 def edit_json(e: Edit) -> dict:
@@ -79,18 +82,28 @@ class SweepStore:
 
 
 def write_results(out: str | os.PathLike, result, variants: Sequence[tuple[Edit, ...]],
-                  metric, positions) -> Path:
+                  metric, positions, steer=None) -> Path:
     """DIR/results.safetensors and DIR/results.json: {"engine", "n_prompts", "n_variants",
     "elapsed_s", "variants_per_s", "metric", "positions", "resumed", "variants": [{"id",
     "edits": [{"layer", "site", "unit", "mode", "pos_start"}], "value"}]} with value the mean
-    over prompts; a multi-unit edit lists one entry per unit."""
+    over prompts; a multi-unit edit lists one entry per unit. A Steer is listed as site
+    "resid_post", mode "steer", unit k = row k of results.safetensors "steer_vectors" [K,
+    d_model], with its "alpha", "rms" and "label"."""
     out = Path(out)
-    save_file({"values": result.values.contiguous(), "per_prompt": result.per_prompt.contiguous()},
-              out / "results.safetensors")
-    rows = [{"id": i,
-             "edits": [{"layer": e.layer, "site": e.site, "unit": u, "mode": e.mode,
-                        "pos_start": e.pos_start} for e in edits for u in e.units],
-             "value": v}
+    tensors = {"values": result.values.contiguous(), "per_prompt": result.per_prompt.contiguous()}
+    if steer is not None:
+        tensors["steer_vectors"] = steer.vectors.contiguous()
+    save_file(tensors, out / "results.safetensors")
+
+    def entries(e: Edit) -> list[dict]:
+        if e.mode == "steer":
+            k = e.units[0]
+            return [{"layer": e.layer, "site": "resid_post", "unit": k, "mode": "steer",
+                     "pos_start": e.pos_start, **steer.describe(k)}]
+        return [{"layer": e.layer, "site": e.site, "unit": u, "mode": e.mode,
+                 "pos_start": e.pos_start} for u in e.units]
+
+    rows = [{"id": i, "edits": [x for e in edits for x in entries(e)], "value": v}
             for i, (edits, v) in enumerate(zip(variants, result.values.tolist()))]
     n = len(variants)
     return write_json(out / "results.json", {

@@ -7,15 +7,17 @@ Tolerance: fp32, max abs difference <= 1e-4 x the metric's scale (max |value|, a
 tiny models get larger random weights (`loud`) so that ablations move the metrics by far more
 than that (checked), else equal results would prove little.
 """
+import importlib
 import random
 
 import pytest
 import torch
 
-import emofast.sweep as sweep_mod
 from conftest import FAMILIES, make_tiny
 from emofast.planner import Edit, Variant
 from emofast.sweep import KL, LogitDiff, LogProb, SweepResult, sweep
+
+sweep_mod = importlib.import_module("emofast.sweep")  # `emofast.sweep` is the function
 
 PROMPTS = ["hello there", "a", "the quick brown fox", "abc def", "xyzzy!"]  # 1..19 tokens
 METRICS = [KL(), LogitDiff([65, 66], [67, 68, 69]), LogProb([70, 71])]
@@ -210,7 +212,7 @@ def test_progress_false_is_silent(capsys):
     ([[Edit(0, "attn_z", [4])]], {}, r"units \[4\] must be .* 0..3"),
     ([[Edit(0, "mlp_act", [48])]], {}, r"0..47"),
     ([[Edit(0, "mlp_act", [1], "scale")]], {}, "zero/mean/patch ablations"),
-    ([[Edit(0, "resid", [1])]], {}, "zero/mean/patch ablations"),
+    ([[Edit(0, "resid", [1])]], {}, r"Steer\(layer, vector, alpha\)"),
     ([[Edit(0, "mlp_act", [1], pos_start=2)]], {"positions": "last"}, "not both"),
     ([[Edit(0, "mlp_act", [1], pos_start=50)]], {}, "edits nothing"),
     ([[Edit(0, "mlp_act", [1]), Edit(0, "mlp_act", [2], "mean")]], {}, "edited twice"),
@@ -234,7 +236,7 @@ def test_metric_errors(tiny_llama):
         LogProb([3, 3])
     with pytest.raises(ValueError, match="integer token ids"):
         LogitDiff([], [1])
-    with pytest.raises(TypeError, match="variant 0 is an Edit"):
+    with pytest.raises(TypeError, match="variant 0 is a single Edit"):
         sweep(tiny_llama, PROMPTS, [Edit(0, "mlp_act", [1])], KL(), progress=False)
     with pytest.raises(TypeError, match="metric must be a Metric"):
         sweep(tiny_llama, PROMPTS, [[]], "kl", progress=False)

@@ -9,7 +9,10 @@ import emofast.cli as cli
 from conftest import make_tiny
 from emofast.planner import Edit
 from emofast.sweep import KL, LogitDiff
+from emofast.directions import EmotionDirections
+from emofast.sweep import Steer
 from test_sweep import PROMPTS, loud, oracle, scale_tol
+from test_sweep_steer import steer_oracle
 
 
 @pytest.fixture
@@ -86,7 +89,8 @@ def test_neurons_spec_and_builtin_prompts(tiny, tmp_path):
     (["--variants", "heads", "--metric", "logit_diff", "--tokens-a", "5"], "needs --tokens-a and"),
     (["--variants", "heads", "--metric", "logprob", "--tokens-a", "999"], "[999] out of range"),
     (["--variants", "neurons:7"], "out of range"),
-    (["--variants", "nope.json"], "is not 'heads', 'neurons:LAYERS' or a JSON file"),
+    (["--variants", "nope.json"], "is not 'heads', 'neurons:LAYERS', 'steer:EMOTIONS:LAYERS' or"),
+    (["--variants", "steer:0-2"], "write steer:EMOTIONS:LAYERS"),
     (["--variants", "heads", "--metric", "projection"], "needs --emotion"),
 ])
 def test_errors(tiny, prompts_file, tmp_path, capsys, argv, message):
@@ -104,3 +108,36 @@ def test_bad_variants_file(tiny, prompts_file, tmp_path, capsys):
         vfile.write_text(content)
         assert run("--prompts", prompts_file, "--variants", vfile, "--out", tmp_path / "y") == 2
         assert message in capsys.readouterr().err
+
+
+def test_steer_grid_and_file_match_oracle(tiny, prompts_file, tmp_path):
+    """steer:EMOTIONS:LAYERS x --alphas, and Steers in a variants file, from a --directions
+    folder: values equal the plain-HF steering oracle."""
+    g = torch.Generator().manual_seed(0)
+    vecs = torch.randn(tiny.n_layers, 2, tiny.d_model, generator=g)
+    dirs = EmotionDirections(vecs / vecs.norm(dim=-1, keepdim=True), ["anger", "joy"],
+                             list(range(tiny.n_layers)))
+    dirs.save(tmp_path / "dirs")
+    out = tmp_path / "grid"
+    assert run("--prompts", prompts_file, "--variants", "steer:joy,anger:1-2", "--alphas",
+               "0.5,-2", "--rms", "--directions", tmp_path / "dirs", "--out", out) == 0
+    doc = json.loads((out / "results.json").read_text())
+    grid = [(e, layer, a) for e in ("joy", "anger") for layer in (1, 2) for a in (0.5, -2.0)]
+    assert [(v["edits"][0]["label"], v["edits"][0]["layer"], v["edits"][0]["alpha"])
+            for v in doc["variants"]] == grid
+    want = torch.tensor([[steer_oracle(tiny, p, [Steer(layer, dirs.get(e, layer), a, rms=True)],
+                                       "all", KL()) for p in PROMPTS] for e, layer, a in grid])
+    got = torch.tensor([v["value"] for v in doc["variants"]])
+    torch.testing.assert_close(got, want.mean(1).float(), atol=scale_tol(want), rtol=0)
+
+    spec = [{"edits": [{"layer": 0, "site": "resid_post", "emotion": "anger", "alpha": 3},
+                       {"layer": 2, "site": "attn_z", "unit": 1}]}]
+    vfile = tmp_path / "v.json"
+    vfile.write_text(json.dumps(spec))
+    assert run("--prompts", prompts_file, "--variants", vfile, "--positions", "last",
+               "--directions", tmp_path / "dirs", "--out", tmp_path / "file") == 0
+    doc = json.loads((tmp_path / "file" / "results.json").read_text())
+    assert [e["site"] for e in doc["variants"][0]["edits"]] == ["attn_z", "resid_post"]
+    vfile.write_text(json.dumps([{"edits": [{"layer": 0, "site": "resid_post", "alpha": 3}]}]))
+    assert run("--prompts", prompts_file, "--variants", vfile, "--directions",
+               tmp_path / "dirs", "--out", tmp_path / "bad") == 2

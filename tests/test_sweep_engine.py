@@ -1,18 +1,20 @@
 """The batched engine's machinery: residual metrics against a hand computation, the shared prefix
 and key/value reuse really skip work, out-of-memory halving, resume after an interruption,
 results.json, and 10,000 variants end to end."""
+import importlib
 import json
 import random
 
 import pytest
 import torch
 
-import emofast.sweep as sweep_mod
 from conftest import make_tiny
 from emofast.planner import Edit
 from emofast.probes import LinearProbe
 from emofast.sweep import KL, LogitDiff, ProbeProb, Projection, sweep
 from test_sweep import PROMPTS, loud, random_variants, run_both, scale_tol
+
+sweep_mod = importlib.import_module("emofast.sweep")  # `emofast.sweep` is the function
 
 
 def resid_by_hand(model, prompt: str, layer: int, edits) -> torch.Tensor:
