@@ -8,10 +8,14 @@ other emotions'), everything at all positions:
 2. attribution screen of every head and neuron (one forward and backward per batch); its rank
    correlation with the exact head effects, and how many of the exact top 10 heads the screen's
    top `k_verify` (verified exactly, as a discovery workflow would) recovers;
-3. top-k ablation curves, k = 1..k_max: ablate together the k neurons the screen ranks most
-   supportive (most negative estimated effect), the k heads the exact ranking does, and k random
-   neurons as a control. Does the effect saturate at small k (arXiv 2510.11328)?
-4. `circuits.run_circuits` in DIR/circuits: sublayer importance, circuits under a budget, and
+3. neuron ranking along the emotion's residual direction (sev6 directions, every layer):
+   `rank_neurons` projection W_down[j] . v and contribution (mean activation over the prompts'
+   tokens x projection), as arXiv 2510.11328 ranks them;
+4. top-k ablation curves, k = 1..k_max: ablate together the k neurons the screen ranks most
+   supportive (most negative estimated effect), the k neurons with the largest contribution
+   along the direction, the k heads the exact ranking does, and k random neurons as a control.
+   Does the effect saturate at small k (arXiv 2510.11328)?
+5. `circuits_run.run_circuits` in DIR/circuits: sublayer importance, circuits under a budget, and
    circuit modulation vs residual steering vs prompting on held-out prompts.
 Writes DIR/report.json, PNGs and DIR/index.html.
 """
@@ -24,11 +28,15 @@ from pathlib import Path
 import torch
 
 from . import report
-from .circuits import emotion_metrics, importance_prompts, run_circuits
+from .circuits import emotion_metrics, importance_prompts
+from .circuits_run import run_circuits
 from .data import EMOTIONS6, load_skeletons
-from .discover import attribution_screen, spearman
+from .directions import EmotionDirections
+from .discover import attribution_screen, rank_neurons, spearman
+from .extract import cached_sev_directions
 from .models import Model
 from .planner import Edit
+from .sites import sites_for
 from .sweep import Metric, sweep
 
 
@@ -38,7 +46,7 @@ class DiscoverConfig:
     k_max: int = 64             # top-k curves: k = 1..k_max
     k_verify: int = 32          # screen's top heads verified exactly
     batch_size: int = 16
-    circuits: bool = True       # also run circuits.run_circuits
+    circuits: bool = True       # also run circuits_run.run_circuits
 
     @classmethod
     def preset(cls, quick: bool) -> "DiscoverConfig":
@@ -54,8 +62,10 @@ def _grouped(units: list[tuple[int, int]], site: str) -> list[Edit]:
 
 
 def discover_emotion(model: Model, prompts: list[str], metric: Metric, cfg: DiscoverConfig,
-                     *, seed: int = 0, progress: bool = True) -> dict:
-    """Steps 1-3 of the module docstring for one emotion's prompts and metric."""
+                     directions: EmotionDirections, emotion: str, *, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """Steps 1-4 of the module docstring for one emotion's prompts and metric; `directions`
+    must cover every layer."""
     L, H, N = model.n_layers, model.n_heads, model.d_mlp
     kw = dict(positions="all", batch_size=cfg.batch_size, progress=progress)
     heads = [[Edit(layer, "attn_z", [h])] for layer in range(L) for h in range(H)]
@@ -73,11 +83,15 @@ def discover_emotion(model: Model, prompts: list[str], metric: Metric, cfg: Disc
     head_order = head_effect.flatten().argsort()[:k_max].tolist()
     g = torch.Generator().manual_seed(seed)
     random_order = torch.randperm(L * N, generator=g)[:k_max].tolist()
+    acts = model.cache(prompts, sites_for("mlp_act", range(L)), positions="mean",
+                       batch_size=cfg.batch_size, progress=False)            # [N_prompts, d_mlp]
+    ranking = rank_neurons(model, directions, emotion, acts=acts)
+    direction_order = ranking.contribution.flatten().argsort(descending=True)[:k_max].tolist()
 
     def curve(order, n_units, site):
         return [_grouped([(i // n_units, i % n_units) for i in order[:k]], site) for k in ks]
     curves_v = (curve(neuron_order, N, "mlp_act") + curve(head_order, H, "attn_z")
-                + curve(random_order, N, "mlp_act"))
+                + curve(random_order, N, "mlp_act") + curve(direction_order, N, "mlp_act"))
     res = sweep(model, prompts, [[]] + curves_v, metric, **kw)
     eff = res.values[1:] - res.values[0]
     return {
@@ -88,7 +102,12 @@ def discover_emotion(model: Model, prompts: list[str], metric: Metric, cfg: Disc
         "spearman_all_heads": spearman(attr.heads.flatten(), head_effect.flatten()),
         "top10_found": len(found & exact_top10), "k_verify": len(screened),
         "ks": ks, "curve_neurons": eff[:k_max].tolist(),
-        "curve_heads": eff[k_max:2 * k_max].tolist(), "curve_random": eff[2 * k_max:].tolist(),
+        "curve_heads": eff[k_max:2 * k_max].tolist(),
+        "curve_random": eff[2 * k_max:3 * k_max].tolist(),
+        "curve_direction": eff[3 * k_max:].tolist(),
+        "direction_top": [{"layer": layer, "neuron": n, "contribution": c,
+                           "projection": ranking.projection[layer, n].item()}
+                          for layer, n, c in ranking.top(10, by="contribution")],
         "sweep_s": exact.elapsed_s + res.elapsed_s, "n_variants": len(heads) + 1 + len(curves_v),
     }
 
@@ -103,7 +122,8 @@ def run_discover(model: Model, out: str | Path, *, quick: bool = True, progress:
     skeletons = load_skeletons("sev6", split="train")[:cfg.n_skeletons]
     prompts = importance_prompts(model, skeletons, emotions=emotions)
     metrics = emotion_metrics(model)
-    per = {e: discover_emotion(model, prompts[e], metrics[e], cfg, progress=progress)
+    dirs = cached_sev_directions(model, load_skeletons("sev6", split="train"), progress=progress)
+    per = {e: discover_emotion(model, prompts[e], metrics[e], cfg, dirs, e, progress=progress)
            for e in emotions}
     _plots(out, model, per)
     result = {"model": model.name, "mode": "quick" if quick else "full", "config": vars(cfg),
@@ -128,13 +148,19 @@ def _plots(out: Path, model: Model, per: dict) -> None:
                             title=f"{e}: zero-ablating each head (ablated - clean)",
                             vmin=-lim, vmax=lim, cmap="RdBu", fmt="{:.1f}")
     ks = next(iter(per.values()))["ks"]
-    for kind in ("neurons", "heads"):
-        curves = {e: r[f"curve_{kind}"] for e, r in per.items()}
-        if kind == "neurons":
-            curves.update({f"{e} (random)": r["curve_random"] for e, r in per.items()})
-        report.plot_layer_curves(out / f"topk_{kind}.png", ks, curves, xlabel="k (units ablated)",
-                                 title=f"top-k {kind} ablated together (ablated - clean)",
-                                 ylabel="metric change", ylim=None, mark_best=False)
+    rankings = {"screen-ranked": "curve_neurons", "direction-ranked": "curve_direction",
+                "random": "curve_random"}
+    neurons = {name: torch.tensor([r[key] for r in per.values()]).mean(0)
+               for name, key in rankings.items()}
+    report.plot_layer_curves(out / "topk_neurons.png", ks, neurons, xlabel="k (neurons ablated)",
+                             title=f"top-k neurons ablated together, mean over {len(per)} "
+                                   "emotions (ablated - clean)",
+                             ylabel="metric change", ylim=None, mark_best=False)
+    report.plot_layer_curves(out / "topk_heads.png", ks,
+                             {e: r["curve_heads"] for e, r in per.items()},
+                             xlabel="k (heads ablated)",
+                             title="top-k heads ablated together (ablated - clean)",
+                             ylabel="metric change", ylim=None, mark_best=False)
     pts = torch.cat([torch.stack([r["head_effect"].flatten(), r["screen_heads"].flatten()], 1)
                      for r in per.values()])
     labels = [e for e in per for _ in range(L * H)]
@@ -151,18 +177,22 @@ def _write_index(out: Path, r: dict) -> None:
         top = int(he.flatten().argmin())
         H = he.shape[1]
         at = {k: x["curve_neurons"][k - 1] for k in (1, 8, 64) if k <= len(x["ks"])}
+        d = x["direction_top"][0]
         rows.append([e, x["clean"], f"L{top // H}.H{top % H}", he.min().item(),
                      x["spearman_all_heads"], f"{x['top10_found']}/10",
-                     at.get(1), at.get(8), at.get(64), x["curve_random"][-1]])
+                     at.get(1), at.get(8), at.get(64), x["curve_direction"][-1],
+                     x["curve_random"][-1], f"L{d['layer']}.N{d['neuron']}"])
     sections = [
         S("Per emotion", f"{r['metric']}. {r['n_prompts_per_emotion']} prompts per emotion "
           "(instructed sev6, train skeletons). Screen top-10: exact top-10 heads recovered by "
           f"verifying the screen's top {r['config']['k_verify']}.",
           table=T(["emotion", "clean", "top head", "its effect", "Spearman screen/exact",
-                   "screen top-10", "top-1 neuron", "top-8 neurons", "top-64 neurons",
-                   "64 random neurons"], rows)),
-        S("Top-k ablation curves", "Effect of ablating the top-k units together; the "
-          "'(random)' curves ablate k random neurons instead.", images=["topk_neurons.png", "topk_heads.png"]),
+                   "screen top-10", "screen top-1 neuron", "top-8", "top-64", "direction top-64",
+                   "64 random", "top direction neuron"], rows)),
+        S("Top-k ablation curves", "Effect of ablating the top-k units together. Neurons: "
+          "ranked by the attribution screen (most supportive first), by contribution along "
+          "the emotion's residual direction (mean activation x W_down . v), or random.",
+          images=["topk_neurons.png", "topk_heads.png"]),
         S("Attribution screen vs exact", images=["screen_vs_exact.png"]),
         S("Head importance (exact zero ablation)",
           images=[f"heads_{e}.png" for e in r["emotions"]]),

@@ -56,6 +56,15 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def padded_starts(pad: torch.Tensor, pos_start: torch.Tensor | int, T: int,
+                  last: bool) -> torch.Tensor:
+    """Real-token pos_start -> the first padded position edited, per row [B] (left padding:
+    pad + pos_start; "last": T - 1; T: the row is not edited)."""
+    if last:
+        return torch.full_like(pad, T - 1)
+    return (pad + pos_start).clamp(max=T)
+
+
 def reuses_kv(model: Model, T: int) -> bool:
     """False where a sliding/local attention window (window_size, sliding_window) is < T."""
     cfg = model.hf.config
@@ -165,7 +174,7 @@ def run_chunk(model: Model, state: CleanState, chunk: Chunk, metric: Metric, *,
     for key, mask in chunk.masks.items():
         layer, site = key
         p_row = chunk.pos_starts[key].to(dev).repeat_interleave(P)        # [V_c * P] real p
-        start = torch.full_like(p_row, T - 1) if last else b.pad.repeat(V_c) + p_row
+        start = padded_starts(b.pad.repeat(V_c), p_row, T, last)
         mode, row_start = chunk.modes[key], (start - s).clamp(0, T - s)
         if mode == "steer":
             hooks.append((f"L{layer}.resid_post", rows_steer(steer, mask, row_variant, row_start)))

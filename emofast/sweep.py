@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from .models import Model
 from .planner import Chunk, Edit, Variant, plan_sweep
-from .runner import Batch, clean_pass, readout_hook, run_chunk
+from .runner import Batch, clean_pass, padded_starts, readout_hook, run_chunk
 from .sweep_metrics import KL, LogitDiff, LogProb, Metric, ProbeProb, Projection, Readout
 from .sweep_steer import Steer, SteerTable, index_steer, lower_steers, steer_grid
 from .sweep_store import SweepStore, fingerprint, write_results
@@ -244,13 +244,6 @@ def _finish(store, bar, ids: list[int] | torch.Tensor, per_prompt: torch.Tensor)
     bar.update(len(ids))
 
 
-def _row_starts(pad: torch.Tensor, T: int, pos_start: int, last: bool) -> list[int]:
-    """Real-token pos_start -> padded start per row; "last" -> T-1; T: nothing to edit."""
-    if last:
-        return [T - 1] * len(pad)
-    return (pad + pos_start).clamp(max=T).tolist()
-
-
 def _keys(edits, mode: str) -> set:
     return {(e.layer, e.site) for v in edits for e in v if e.mode == mode}
 
@@ -271,7 +264,7 @@ def _run_loop(job: _Job, todo: list[int]) -> int:
                 fill = {"mean": means, "patch": st.patch}
                 hooks = []
                 for e in job.variants[i]:
-                    starts = _row_starts(b.pad, T, e.pos_start, last)
+                    starts = padded_starts(b.pad, e.pos_start, T, last).tolist()
                     if e.mode == "steer":
                         hooks.append((f"L{e.layer}.resid_post",
                                       index_steer(job.steer, e.units[0], starts)))

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from emofast.circuits import (Circuit, CircuitConfig, Modulation, UnitDifferences, assemble_circuit,
-                              emotion_metrics, run_circuits, sublayer_importance, unit_differences)
+from emofast.circuits import (Circuit, Modulation, UnitDifferences, assemble_circuit,
+                              emotion_metrics, sublayer_importance, unit_differences)
+from emofast.circuits_run import CircuitConfig, run_circuits
 from emofast.data import EMOTIONS6, Skeleton, sev_prompts
 from emofast.steer import apply, generate
 from emofast.sweep import LogitDiff

@@ -191,8 +191,10 @@ def test_discover_emotion_matches_direct_sweeps_and_reports(tmp_path):
     model = loud(make_tiny("llama"))
     metric = LogitDiff([65, 66], [67])
     cfg = DiscoverConfig(0, k_max=5, k_verify=4, batch_size=2, circuits=False)
-    r = discover_emotion(model, PROMPTS, metric, cfg, progress=False)
     L, H = model.n_layers, model.n_heads
+    v = torch.randn(L, 1, model.d_model, generator=torch.Generator().manual_seed(3))
+    dirs = EmotionDirections(v / v.norm(dim=-1, keepdim=True), ["joy"], list(range(L)))
+    r = discover_emotion(model, PROMPTS, metric, cfg, dirs, "joy", progress=False)
     heads = [[Edit(layer, "attn_z", [h])] for layer in range(L) for h in range(H)]
     direct = sweep(model, PROMPTS, [[]] + heads, metric, engine="loop", progress=False).values
     torch.testing.assert_close(r["head_effect"].flatten(), direct[1:] - direct[0], atol=1e-4,
@@ -202,6 +204,30 @@ def test_discover_emotion_matches_direct_sweeps_and_reports(tmp_path):
     k3 = sweep(model, PROMPTS, [[]] + top3, metric, engine="loop", progress=False).values
     assert r["curve_heads"][2] == pytest.approx((k3[1] - k3[0]).item(), abs=1e-4)
     assert r["ks"] == [1, 2, 3, 4, 5] and len(r["curve_random"]) == 5
+
+    # direction ranking by hand: mean over prompts of each prompt's mean mlp_act (unpadded
+    # forwards, pre-hooks on down_proj) x down_proj column . v; its top 3 ablated together
+    acts = {layer: [] for layer in range(L)}
+    handles = [model.hf.model.layers[layer].mlp.down_proj.register_forward_pre_hook(
+        lambda m, a, layer=layer: acts[layer].append(a[0][0].mean(0))) for layer in range(L)]
+    with torch.no_grad():
+        for p in PROMPTS:
+            model.hf(input_ids=model.tokenizer(p, return_tensors="pt")["input_ids"])
+    for h in handles:
+        h.remove()
+    contrib = torch.stack([torch.stack(acts[layer]).mean(0)
+                           * (model.hf.model.layers[layer].mlp.down_proj.weight.T @ dirs.get("joy", layer))
+                           for layer in range(L)])                             # [L, d_mlp]
+    top = contrib.flatten().argsort(descending=True)[:3].tolist()
+    N = model.d_mlp
+    assert (r["direction_top"][0]["layer"], r["direction_top"][0]["neuron"]) == divmod(top[0], N)
+    assert r["direction_top"][0]["contribution"] == pytest.approx(contrib.max().item(), rel=1e-4)
+    by_layer = {}
+    for i in top:
+        by_layer.setdefault(i // N, []).append(i % N)
+    k3 = sweep(model, PROMPTS, [[], [Edit(layer, "mlp_act", u) for layer, u in by_layer.items()]],
+               metric, engine="loop", progress=False).values
+    assert r["curve_direction"][2] == pytest.approx((k3[1] - k3[0]).item(), abs=1e-4)
     assert 0 <= r["top10_found"] <= 10 and r["k_verify"] == 4
     per = {"joy": r, "fear": r}
     _plots(tmp_path, model, per)
