@@ -9,8 +9,8 @@ other emotions'), everything at all positions:
    correlation with the exact head effects, and how many of the exact top 10 heads the screen's
    top `k_verify` (verified exactly, as a discovery workflow would) recovers;
 3. neuron ranking along the emotion's residual direction (sev6 directions, every layer):
-   `rank_neurons` projection W_down[j] . v and contribution (mean activation over the prompts'
-   tokens x projection), as arXiv 2510.11328 ranks them;
+   `rank_neurons` projection W_down[j] . v and contribution (mean over prompts of each
+   prompt's mean activation over its tokens, x projection), as arXiv 2510.11328 ranks them;
 4. top-k ablation curves, k = 1..k_max: ablate together the k neurons the screen ranks most
    supportive (most negative estimated effect), the k neurons with the largest contribution
    along the direction, the k heads the exact ranking does, and k random neurons as a control.
@@ -67,6 +67,9 @@ def discover_emotion(model: Model, prompts: list[str], metric: Metric, cfg: Disc
     """Steps 1-4 of the module docstring for one emotion's prompts and metric; `directions`
     must cover every layer."""
     L, H, N = model.n_layers, model.n_heads, model.d_mlp
+    if sorted(directions.layers) != list(range(L)):
+        raise ValueError(f"discover needs directions at every layer 0..{L - 1}, got "
+                         f"{directions.layers}")
     kw = dict(positions="all", batch_size=cfg.batch_size, progress=progress)
     heads = [[Edit(layer, "attn_z", [h])] for layer in range(L) for h in range(H)]
     exact = sweep(model, prompts, [[]] + heads, metric, **kw)
@@ -171,24 +174,26 @@ def _plots(out: Path, model: Model, per: dict) -> None:
 
 def _write_index(out: Path, r: dict) -> None:
     S, T = report.Section, report.Table
-    rows = []
+    rows, k = [], next(iter(r["emotions"].values()))["ks"][-1]   # k_max
     for e, x in r["emotions"].items():
         he = x["head_effect"]
         top = int(he.flatten().argmin())
         H = he.shape[1]
-        at = {k: x["curve_neurons"][k - 1] for k in (1, 8, 64) if k <= len(x["ks"])}
+        curve = x["curve_neurons"]
         d = x["direction_top"][0]
         rows.append([e, x["clean"], f"L{top // H}.H{top % H}", he.min().item(),
-                     x["spearman_all_heads"], f"{x['top10_found']}/10",
-                     at.get(1), at.get(8), at.get(64), x["curve_direction"][-1],
+                     x["spearman_all_heads"], f"{x['top10_found']}/10", curve[0],
+                     curve[min(8, k) - 1], curve[-1], x["curve_direction"][-1],
                      x["curve_random"][-1], f"L{d['layer']}.N{d['neuron']}"])
     sections = [
         S("Per emotion", f"{r['metric']}. {r['n_prompts_per_emotion']} prompts per emotion "
           "(instructed sev6, train skeletons). Screen top-10: exact top-10 heads recovered by "
-          f"verifying the screen's top {r['config']['k_verify']}.",
+          f"verifying the screen's top {r['config']['k_verify']}. Neuron columns: effect of "
+          "ablating the screen's top k neurons together, the top k by contribution along the "
+          "emotion's direction, and k random neurons.",
           table=T(["emotion", "clean", "top head", "its effect", "Spearman screen/exact",
-                   "screen top-10", "screen top-1 neuron", "top-8", "top-64", "direction top-64",
-                   "64 random", "top direction neuron"], rows)),
+                   "screen top-10", "screen top-1 neuron", f"top-{min(8, k)}", f"top-{k}",
+                   f"direction top-{k}", f"{k} random", "top direction neuron"], rows)),
         S("Top-k ablation curves", "Effect of ablating the top-k units together. Neurons: "
           "ranked by the attribution screen (most supportive first), by contribution along "
           "the emotion's residual direction (mean activation x W_down . v), or random.",

@@ -7,9 +7,10 @@
                 out="runs/heads")                  # resumable; writes results.json
     res.values        # [n_variants] mean over prompts;  res.per_prompt [n_variants, n_prompts]
 
-A variant is a list of `Edit`s and `Steer`s (none = the clean run). Units: mlp_act edits neurons,
-attn_z edits heads. A `Steer(layer, vector, alpha)` adds a steering vector to resid_post of the
-layer (`emofast.sweep_steer`; `steer_grid` builds an emotion x layer x alpha grid). Modes: "zero" sets the units to 0; "mean" sets them to their mean activation over every
+A variant is a list of `Edit`s and `Steer`s (none = the clean run). A `Steer(layer, vector,
+alpha)` adds a steering vector to resid_post of the layer (`emofast.sweep_steer`; `steer_grid`
+builds an emotion x layer x alpha grid). Edit units: mlp_act edits neurons, attn_z edits heads.
+Modes: "zero" sets the units to 0; "mean" sets them to their mean activation over every
 real token of every prompt, read at that (layer, site) in one clean pass (both engines share it);
 "patch" sets them to their activation in a source run: `sources` gives one source text per
 prompt (e.g. an emotional version of a neutral prompt), patched position for position, so each
@@ -33,7 +34,7 @@ plain indexing, full logits, as the peers do it. "batched": the planner
 variants are folded into the batch (row r = variant r // P, prompt r % P) and run by
 `emofast.runner.run_chunk` from the clean run's cached state: layers below the chunk's first
 edited layer and positions below its first edited position are not recomputed, each row's edit
-is applied by `masked_ablate`, and only the last position is unembedded. On an out-of-memory
+is applied by `masked_ablate` (a Steer by `steer_add`), and only the last position is unembedded. On an out-of-memory
 error a chunk halves and retries. Both engines give the same numbers (tests/test_sweep.py).
 
 Output folder (`out`): finished pieces are stored as they complete (`emofast.sweep_store`); a

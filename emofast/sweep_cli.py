@@ -3,7 +3,7 @@
     emofast sweep --prompts prompts.jsonl --variants heads --metric kl --out runs/heads
     emofast sweep --prompts basic4 --limit 8 --variants neurons:20-29 --mode mean \\
                   --metric logit_diff --tokens-a " happy" --tokens-b " sad" --out runs/n
-    emofast sweep --prompts basic4 --variants steer:anger,joy:10-19 --alphas 2,4,8 \\
+    emofast sweep --prompts basic4 --variants steer:anger,happiness:10-19 --alphas 2,4,8 \\
                   --metric projection --emotion anger --out runs/steer
 
 Writes DIR/results.json (format: `emofast.sweep_store.write_results`) and results.safetensors;
@@ -19,6 +19,7 @@ from .models import Model
 from .planner import Edit
 from .sites import parse_layers
 from .sweep import KL, LogitDiff, LogProb, Metric, ProbeProb, Projection, Steer, steer_grid, sweep
+from .sweep_steer import check_resid_post
 
 METRICS = ("kl", "logit_diff", "logprob", "projection", "probe")
 
@@ -54,10 +55,11 @@ def load_prompts(spec: str, model: Model, *, chat: bool, limit: int | None) -> l
 
 def variants_from_spec(spec: str, model: Model, mode: str, args=None) -> list[list]:
     """"heads": one variant per (layer, head); "neurons:LAYERS" (e.g. neurons:20-29): one per
-    (layer, neuron); "steer:EMOTIONS:LAYERS" (e.g. steer:anger,joy:10-19): one Steer per
+    (layer, neuron); "steer:EMOTIONS:LAYERS" (e.g. steer:anger,happiness:10-19): one Steer per
     (emotion, layer, --alphas); FILE.json: [{"edits": [...]}], an edit {"layer", "site",
     "unit"} (units of one (layer, site) merged into one edit) or a Steer {"layer", "site":
-    "resid_post", "emotion", "alpha"[, "rms"]}. Steers use the --directions (see `directions`)."""
+    "resid_post", "emotion" (or "label", as results.json writes it), "alpha"[, "rms"]}. Steers
+    use the --directions of `args` (see `directions`); scopes come from --positions."""
     if spec == "heads":
         return [[Edit(layer, "attn_z", [h], mode)] for layer in range(model.n_layers)
                 for h in range(model.n_heads)]
@@ -69,7 +71,7 @@ def variants_from_spec(spec: str, model: Model, mode: str, args=None) -> list[li
         parts = spec.split(":")
         if len(parts) != 3 or not parts[1]:
             raise ValueError(f"--variants {spec!r}: write steer:EMOTIONS:LAYERS, e.g. "
-                             "steer:anger,joy:10-19")
+                             "steer:anger,happiness:10-19")
         layers = parse_layers(parts[2], model.n_layers)
         return steer_grid(directions(args, model), parts[1].split(","), layers,
                           _floats(args.alphas, "--alphas"), rms=args.rms)
@@ -92,13 +94,17 @@ def variants_from_spec(spec: str, model: Model, mode: str, args=None) -> list[li
         steers = []
         for e in edits:
             if isinstance(e, dict) and e.get("site") == "resid_post":
-                if not {"layer", "emotion", "alpha"} <= set(e):
+                emotion = e.get("emotion", e.get("label"))
+                if not {"layer", "alpha"} <= set(e) or emotion is None:
                     raise ValueError(f"{path}: variant {i}: a resid_post edit (a Steer) needs "
                                      f"layer, emotion, alpha; got {e!r}")
-                layer = int(e["layer"])
-                steers.append(Steer(layer, directions(args, model).get(e["emotion"], layer),
-                                    float(e["alpha"]), bool(e.get("rms", False)),
-                                    label=str(e["emotion"])))
+                if not isinstance(e.get("rms", False), bool):
+                    raise ValueError(f"{path}: variant {i}: rms must be true or false, got "
+                                     f"{e['rms']!r}")
+                layer, dirs = int(e["layer"]), directions(args, model)
+                check_resid_post(dirs)
+                steers.append(Steer(layer, dirs.get(emotion, layer),
+                                    float(e["alpha"]), e.get("rms", False), label=str(emotion)))
                 continue
             if not isinstance(e, dict) or not {"layer", "site", "unit"} <= set(e):
                 raise ValueError(f"{path}: variant {i}: each edit needs layer, site, unit; "
@@ -111,6 +117,8 @@ def variants_from_spec(spec: str, model: Model, mode: str, args=None) -> list[li
 def directions(args, model: Model):
     """--directions (a folder from `emofast directions`), else the model's sev6 directions
     (computed once, cached); loaded once per command."""
+    if args is None:
+        raise ValueError("steering variants need the parsed arguments (--directions, --alphas)")
     if getattr(args, "_directions", None) is None:
         from .directions import EmotionDirections
         from .extract import cached_sev_directions
@@ -175,7 +183,7 @@ def add_arguments(p) -> None:
     p.add_argument("--chat", action="store_true", help="apply the chat template (default: plain "
                    "text with the tokenizer's defaults)")
     p.add_argument("--variants", required=True, help="heads | neurons:LAYERS (e.g. "
-                   "neurons:20-29) | steer:EMOTIONS:LAYERS (e.g. steer:anger,joy:10-19; one "
+                   "neurons:20-29) | steer:EMOTIONS:LAYERS (e.g. steer:anger,happiness:10-19; one "
                    "variant per emotion, layer and --alphas) | FILE.json ([{\"edits\": "
                    "[{\"layer\", \"site\", \"unit\"}]}]; a steer: {\"layer\", \"site\": "
                    "\"resid_post\", \"emotion\", \"alpha\"})")

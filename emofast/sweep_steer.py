@@ -19,8 +19,9 @@ adds by plain indexing (`index_steer`), its independent reference.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
@@ -45,10 +46,11 @@ class Steer:
         if not isinstance(self.vector, torch.Tensor) or self.vector.dim() != 1:
             raise ValueError(f"Steer at layer {self.layer}: vector must be a [d_model] tensor, "
                              f"got {getattr(self.vector, 'shape', type(self.vector).__name__)}")
-        if not (isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
+        if not (isinstance(self.alpha, numbers.Real) and not isinstance(self.alpha, bool)
                 and math.isfinite(self.alpha)):
             raise ValueError(f"Steer at layer {self.layer}: alpha must be a finite number, got "
                              f"{self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
         if not isinstance(self.rms, bool):
             raise ValueError(f"Steer at layer {self.layer}: rms must be a bool, got {self.rms!r}")
 
@@ -57,24 +59,40 @@ class Steer:
 class SteerTable:
     """The distinct (vector, alpha, rms, label) entries of a sweep's Steers; unit k = entry k."""
     vectors: torch.Tensor      # [K, d_model] fp32
-    alpha: torch.Tensor        # [K] fp32
+    alphas: list[float]        # as given (results.json); the kernels use them rounded to fp32
     rms: torch.Tensor          # [K] bool
     labels: list[str]
+    _on: dict = field(default_factory=dict, repr=False)  # device -> (vectors, alpha [K] fp32)
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vectors [K, d_model], alpha [K] fp32) on `device`, copied once per device."""
+        if device not in self._on:
+            self._on[device] = (self.vectors.to(device), torch.tensor(self.alphas, device=device))
+        return self._on[device]
+
     def describe(self, k: int) -> dict:
-        return {"alpha": float(self.alpha[k]), "rms": bool(self.rms[k]), "label": self.labels[k]}
+        return {"alpha": self.alphas[k], "rms": bool(self.rms[k]), "label": self.labels[k]}
 
 
 def steer_grid(directions, emotions: str | Sequence[str], layers: Iterable[int],
                alphas: Iterable[float], *, rms: bool = False) -> list[list[Steer]]:
     """One variant per (emotion, layer, alpha): the emotion's direction at that layer
-    (`EmotionDirections.get`), steered at that one layer."""
+    (`EmotionDirections.get`, read at resid_post), steered at that one layer."""
+    check_resid_post(directions)
     emotions = [emotions] if isinstance(emotions, str) else list(emotions)
+    layers, alphas = list(layers), list(alphas)
     return [[Steer(layer, directions.get(e, layer), float(a), rms, label=e)]
             for e in emotions for layer in layers for a in alphas]
+
+
+def check_resid_post(directions) -> None:
+    """Steers add to resid_post: refuse directions read at another site (as Steering does)."""
+    if directions.site != "resid_post":
+        raise ValueError(f"steering adds to resid_post, but these directions were read at "
+                         f"{directions.site!r}: extract them at resid_post")
 
 
 def lower_steers(variants, d_model: int) -> tuple[list[tuple[Edit, ...]], SteerTable | None]:
@@ -120,14 +138,14 @@ def lower_steers(variants, d_model: int) -> tuple[list[tuple[Edit, ...]], SteerT
     if not rows:
         return out, None
     vecs, alphas, rms, labels = zip(*rows)
-    return out, SteerTable(torch.stack(vecs), torch.tensor(alphas), torch.tensor(rms),
-                           list(labels))
+    return out, SteerTable(torch.stack(vecs), list(alphas), torch.tensor(rms), list(labels))
 
 
 def index_steer(table: SteerTable, k: int, starts: list[int]):
     """Loop-engine hook on resid_post [B, T, d_model]: row b, positions >= starts[b], += c * v
     by plain indexing, c = alpha or alpha * rms of the unsteered row (the reference)."""
-    alpha, rms = float(table.alpha[k]), bool(table.rms[k])
+    alpha = float(torch.tensor(table.alphas[k]))        # fp32, as the kernels and Steering
+    rms = bool(table.rms[k])
 
     def fn(h, site):
         h = h.clone()
@@ -147,15 +165,14 @@ def rows_steer(table: SteerTable, mask: torch.Tensor, row_variant: torch.Tensor,
     bits = (mask.long().unsqueeze(-1) >> torch.arange(32)) & 1              # [V_c, words, 32]
     bits = bits.flatten(1)[:, :len(table)]
     entry = torch.where(bits.any(1), bits.argmax(1), -1)                    # [V_c]
-    dev = row_variant.device
+    vectors, alphas = table.on(row_variant.device)
     calls = []
     for rms in (False, True):
         mine = torch.where((entry >= 0) & (table.rms[entry.clamp(min=0)] == rms), entry, -1)
         if (mine >= 0).any():
-            rows = mine.to(dev)[row_variant]                                # [B]
-            alpha = torch.where(rows >= 0, table.alpha.to(dev)[rows.clamp(min=0)], 0.0)
+            rows = mine.to(row_variant.device)[row_variant]                 # [B]
+            alpha = torch.where(rows >= 0, alphas[rows.clamp(min=0)], 0.0)
             calls.append((rows, alpha, rms))
-    vectors = table.vectors.to(dev)
 
     def fn(h, site):
         for rows, alpha, rms in calls:

@@ -37,7 +37,7 @@ def fingerprint(model, prompts: Sequence[str], variants: Sequence[tuple[Edit, ..
             "variants_sha1": sha([[edit_json(e) for e in v] for v in variants]),
             "n_variants": len(variants), "metric": repr(metric), "positions": positions,
             "steer_sha1": None if steer is None else hashlib.sha1(
-                steer.vectors.numpy().tobytes() + steer.alpha.numpy().tobytes()
+                steer.vectors.numpy().tobytes() + json.dumps(steer.alphas).encode()
                 + steer.rms.numpy().tobytes() + json.dumps(steer.labels).encode()).hexdigest()}
 
 

@@ -110,7 +110,7 @@ def test_bad_variants_file(tiny, prompts_file, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_steer_grid_and_file_match_oracle(tiny, prompts_file, tmp_path):
+def test_steer_grid_and_file_match_oracle(tiny, prompts_file, tmp_path, capsys):
     """steer:EMOTIONS:LAYERS x --alphas, and Steers in a variants file, from a --directions
     folder: values equal the plain-HF steering oracle."""
     g = torch.Generator().manual_seed(0)
@@ -138,6 +138,13 @@ def test_steer_grid_and_file_match_oracle(tiny, prompts_file, tmp_path):
                "--directions", tmp_path / "dirs", "--out", tmp_path / "file") == 0
     doc = json.loads((tmp_path / "file" / "results.json").read_text())
     assert [e["site"] for e in doc["variants"][0]["edits"]] == ["attn_z", "resid_post"]
-    vfile.write_text(json.dumps([{"edits": [{"layer": 0, "site": "resid_post", "alpha": 3}]}]))
-    assert run("--prompts", prompts_file, "--variants", vfile, "--directions",
-               tmp_path / "dirs", "--out", tmp_path / "bad") == 2
+    items = [Edit(2, "attn_z", [1]), Steer(0, dirs.get("anger", 0), 3.0)]
+    want = torch.tensor([steer_oracle(tiny, p, items, "last", KL()) for p in PROMPTS])
+    assert doc["variants"][0]["value"] == pytest.approx(want.mean().item(), abs=scale_tol(want))
+    for edit, message in [({"layer": 0, "site": "resid_post", "alpha": 3}, "needs layer, emotion"),
+                          ({"layer": 0, "site": "resid_post", "label": "joy", "alpha": 3,
+                            "rms": "false"}, "rms must be true or false")]:
+        vfile.write_text(json.dumps([{"edits": [edit]}]))
+        assert run("--prompts", prompts_file, "--variants", vfile, "--directions",
+                   tmp_path / "dirs", "--out", tmp_path / "bad") == 2
+        assert message in capsys.readouterr().err

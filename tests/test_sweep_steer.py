@@ -59,56 +59,95 @@ def test_batched_equals_loop(family, scope):
                                        atol=scale_tol(loop.per_prompt), rtol=0)
 
 
-def steer_oracle(model, prompt: str, steers, scope, metric) -> float:
-    """One unpadded HF forward, forward hooks on the decoder blocks adding alpha * v (rms: of
-    the unsteered row) in float64 at the scope's positions; the metric by hand."""
+def steer_oracle(model, prompt: str, items, scope, metric) -> float:
+    """One unpadded HF forward: Steers by forward hooks on the decoder blocks adding alpha * v
+    (rms: of the unsteered row) in float64 at the scope's positions, zero-ablation Edits by
+    pre-hooks on the attention output / MLP down projections; the metric by hand (Projection:
+    the block output at its layer, read by a hook registered after the Steers')."""
     x = model.tokenizer(prompt, return_tensors="pt")["input_ids"]
     T = x.shape[1]
+    first = lambda e: {"all": 0, "last": T - 1, 2: 2, "per_edit": e.pos_start}[scope]  # noqa
 
     def add(module, args, output, s):
         h = output[0] if isinstance(output, tuple) else output
-        first = {"all": 0, "last": T - 1, 2: 2, "per_edit": s.pos_start}[scope]
-        x64 = h[0, first:].double()
+        x64 = h[0, first(s):].double()
         c = s.alpha * x64.pow(2).mean(-1, keepdim=True).sqrt() if s.rms else s.alpha
         h = h.clone()
-        h[0, first:] = (x64 + c * s.vector.double()).to(h.dtype)
+        h[0, first(s):] = (x64 + c * s.vector.double()).to(h.dtype)
         return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
 
+    def ablate(module, args, e):
+        z = args[0].clone()
+        cols = (list(e.units) if e.site == "mlp_act" else
+                [u * model.d_head + j for u in e.units for j in range(model.d_head)])
+        z[0, first(e):, cols] = 0.0
+        return (z,) + tuple(args[1:])
+
+    seen = {}
+
+    def read(module, args, output):
+        seen["h"] = (output[0] if isinstance(output, tuple) else output)[0, -1].double()
+
+    ad, part = model.adapter, {"attn_z": "attn_out_proj", "mlp_act": "mlp_down"}
     with torch.no_grad():
         clean = model.hf(input_ids=x).logits[0, -1].double()
-        handles = [model.adapter.blocks[s.layer].register_forward_hook(
-            lambda m, a, o, s=s: add(m, a, o, s)) for s in steers]
+        handles = [ad.blocks[s.layer].register_forward_hook(lambda m, a, o, s=s: add(m, a, o, s))
+                   if isinstance(s, Steer) else ad.module(s.layer, part[s.site])
+                   .register_forward_pre_hook(lambda m, a, e=s: ablate(m, a, e)) for s in items]
+        if isinstance(metric, Projection):
+            handles.append(ad.blocks[metric.layer].register_forward_hook(read))
         try:
             logits = model.hf(input_ids=x).logits[0, -1].double()
         finally:
             for h in handles:
                 h.remove()
+    if isinstance(metric, Projection):
+        return float(seen["h"] @ metric.unit.double())
     return by_hand(metric, logits, clean)
 
 
 @pytest.mark.parametrize("scope", ["all", "last", "per_edit"])
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_equals_plain_hf(family, scope):
+    """Every variant of random_steers (Steers alone and mixed with zero ablations), KL and a
+    Projection read at a steered layer; the mean-ablation variant is left to test_sweep."""
     model = loud(make_tiny(family))
     variants = [v for v in random_steers(model, 3, scope == "per_edit")
-                if all(isinstance(s, Steer) for s in v)]
-    metric = KL()
-    want = torch.tensor([[steer_oracle(model, p, v, scope, metric) for p in PROMPTS]
+                if all(isinstance(s, Steer) or s.mode == "zero" for s in v)]
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(5))
+    for metric in (KL(), Projection(v, layer=1)):
+        want = torch.tensor([[steer_oracle(model, p, items, scope, metric) for p in PROMPTS]
+                             for items in variants], dtype=torch.float64)
+        for res in run_both(model, variants, metric, scope, batch_size=3):
+            torch.testing.assert_close(res.per_prompt.double(), want, atol=scale_tol(want),
+                                       rtol=0)
+
+
+def test_many_entries_and_mixed_scales_in_one_chunk():
+    """70 table entries at one layer (mask words 0..2, bit 31 and negative int32 words), abs
+    and rms rows side by side in one chunk: batched == the plain-HF oracle."""
+    model = loud(make_tiny("llama"))
+    g = torch.Generator().manual_seed(11)
+    variants = [[Steer(1, torch.randn(model.d_model, generator=g), 0.05 * (i + 1), rms=i % 2 == 1)]
+                for i in range(70)]
+    res = sweep(model, PROMPTS[:2], variants, KL(), positions="last", progress=False)
+    want = torch.tensor([[steer_oracle(model, p, v, "last", KL()) for p in PROMPTS[:2]]
                          for v in variants], dtype=torch.float64)
-    for res in run_both(model, variants, metric, scope, batch_size=3):
-        torch.testing.assert_close(res.per_prompt.double(), want, atol=scale_tol(want), rtol=0)
+    torch.testing.assert_close(res.per_prompt.double(), want, atol=scale_tol(want), rtol=0)
 
 
 @pytest.mark.parametrize("scale", ["abs", "rms"])
 def test_equals_generation_steering(scale):
-    """A Steer sweep gives what `Steering` (the generation path) gives on the same forward."""
+    """A Steer sweep gives what `Steering` (the generation path) gives on the same forward:
+    the grid, labels, layers and row bookkeeping (both add with steer_add; the arithmetic's
+    oracle is test_equals_plain_hf)."""
     model = loud(make_tiny("llama"))
     g = torch.Generator().manual_seed(0)
     vecs = torch.randn(model.n_layers, 2, model.d_model, generator=g)
     dirs = EmotionDirections(vecs / vecs.norm(dim=-1, keepdim=True), ["anger", "joy"],
                              list(range(model.n_layers)))
-    variants = steer_grid(dirs, ["anger", "joy"], range(model.n_layers), [0.5, 2.0],
-                          rms=scale == "rms")
+    variants = steer_grid(dirs, ["anger", "joy"], range(model.n_layers), iter([0.5, 2.0]),
+                          rms=scale == "rms")                     # iterables are read once
     assert len(variants) == 2 * model.n_layers * 2
     assert variants[3][0].label == "anger" and variants[3][0].layer == 1
     metric = LogitDiff([65], [66, 67])
@@ -177,3 +216,9 @@ def test_errors(tiny_llama, variants, kw, match):
 def test_steer_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         Steer(**{"layer": 0, "vector": torch.ones(4), **bad})
+
+
+def test_steer_grid_needs_resid_post_directions():
+    v = torch.ones(1, 1, 4) / 2
+    with pytest.raises(ValueError, match="read at 'mlp_out': extract them at resid_post"):
+        steer_grid(EmotionDirections(v, ["joy"], [0], site="mlp_out"), "joy", [0], [1.0])
