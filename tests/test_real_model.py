@@ -71,3 +71,26 @@ def test_real_sweep_cli_equals_independent_ablation(smollm, tmp_path, monkeypatc
         assert want.abs().max() > 1e-3
         torch.testing.assert_close(got, want, atol=1e-4 * max(1.0, want.abs().max().item()),
                                    rtol=0)
+
+
+def test_real_steer_sweep_equals_independent_steering(smollm):
+    """Steer variants (abs and rms, mixed with a head ablation) on the real model, both engines,
+    against test_sweep_steer's plain-HF oracle (unpadded forwards, block forward hooks)."""
+    from emofast.planner import Edit
+    from emofast.sweep import KL, Steer, sweep
+    from test_sweep_steer import steer_oracle
+
+    prompts = ["I can't believe they cancelled my flight again.", "Thank you for the flowers!"]
+    g = torch.Generator().manual_seed(2)
+    unit = lambda: (lambda v: v / v.norm())(torch.randn(smollm.d_model, generator=g))  # noqa
+    variants = [[Steer(3, unit(), 8.0)], [Steer(15, unit(), 2.0, rms=True)],
+                [Steer(24, unit(), -6.0), Edit(26, "attn_z", [4])]]
+    for positions in ("all", "last"):
+        want = torch.tensor([[steer_oracle(smollm, p, v, positions, KL()) for p in prompts]
+                             for v in variants], dtype=torch.float64)
+        assert want.min() > 1e-3
+        for engine in ("batched", "loop"):
+            got = sweep(smollm, prompts, variants, KL(), positions=positions, engine=engine,
+                        progress=False).per_prompt
+            torch.testing.assert_close(got.double(), want,
+                                       atol=1e-4 * max(1.0, want.abs().max().item()), rtol=0)
