@@ -93,15 +93,12 @@ def cmd_directions(args) -> int:
 
 
 def cmd_steer(args) -> int:
-    from .data import load_skeletons
-    from .directions import EmotionDirections
-    from .extract import cached_sev_directions
+    from .extract import default_directions
     from .sites import parse_layers
     from .steer import Steering, generate
 
     model = _load(args)
-    dirs = EmotionDirections.load(args.directions) if args.directions else \
-        cached_sev_directions(model, load_skeletons("sev6", split="train"), progress=not args.quiet)
+    dirs = default_directions(model, args.directions, progress=not args.quiet)
     layers = parse_layers(args.layers, model.n_layers)
     positions = int(args.positions) if args.positions.isdigit() else args.positions
     steering = Steering.single(dirs, args.emotion, layers, args.alpha, model.n_layers,

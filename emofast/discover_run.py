@@ -33,7 +33,7 @@ from .circuits_run import run_circuits
 from .data import EMOTIONS6, load_skeletons
 from .directions import EmotionDirections
 from .discover import attribution_screen, rank_neurons, spearman
-from .extract import cached_sev_directions
+from .extract import default_directions
 from .models import Model
 from .planner import Edit
 from .sites import sites_for
@@ -125,7 +125,7 @@ def run_discover(model: Model, out: str | Path, *, quick: bool = True, progress:
     skeletons = load_skeletons("sev6", split="train")[:cfg.n_skeletons]
     prompts = importance_prompts(model, skeletons, emotions=emotions)
     metrics = emotion_metrics(model)
-    dirs = cached_sev_directions(model, load_skeletons("sev6", split="train"), progress=progress)
+    dirs = default_directions(model, progress=progress)
     per = {e: discover_emotion(model, prompts[e], metrics[e], cfg, dirs, e, progress=progress)
            for e in emotions}
     _plots(out, model, per)

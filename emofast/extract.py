@@ -25,7 +25,8 @@ from typing import Sequence
 
 import torch
 
-from .data import EMOTIONS6, EXPRESSION_OPENERS, Example, Prompt, Skeleton, sev_prompts
+from .data import (EMOTIONS6, EXPRESSION_OPENERS, Example, Prompt, Skeleton, load_skeletons,
+                   sev_prompts)
 from .directions import EmotionDirections, diff_of_means
 from .models import Model
 from .sites import parse_site, sites_for
@@ -117,3 +118,13 @@ def cached_sev_directions(model: Model, skeletons: Sequence[Skeleton], *,
     dirs.save(tmp)
     os.replace(tmp, folder)  # atomic: a killed run leaves no half-written entry
     return dirs
+
+
+def default_directions(model: Model, path: str | os.PathLike | None = None, *,
+                       progress: bool = True) -> EmotionDirections:
+    """The directions saved at `path` (a folder from `emofast directions`), else the model's
+    sev6 directions from every train skeleton (cached): what the commands steer and project with
+    unless told otherwise."""
+    if path:
+        return EmotionDirections.load(path)
+    return cached_sev_directions(model, load_skeletons("sev6", split="train"), progress=progress)

@@ -120,12 +120,9 @@ def directions(args, model: Model):
     if args is None:
         raise ValueError("steering variants need the parsed arguments (--directions, --alphas)")
     if getattr(args, "_directions", None) is None:
-        from .directions import EmotionDirections
-        from .extract import cached_sev_directions
+        from .extract import default_directions
 
-        args._directions = (EmotionDirections.load(args.directions) if args.directions else
-                            cached_sev_directions(model, load_skeletons("sev6", split="train"),
-                                                  progress=not args.quiet))
+        args._directions = default_directions(model, args.directions, progress=not args.quiet)
     return args._directions
 
 

@@ -95,3 +95,17 @@ def test_cached_sev_directions_are_reused(monkeypatch, tmp_path):
     other.hf.to(torch.float64)                           # same name, other dtype: a new entry
     cached_sev_directions(other, skeletons, progress=False)
     assert len(list((tmp_path / "directions").iterdir())) == 2
+
+
+def test_default_directions(monkeypatch, tmp_path):
+    """A folder when given, else the sev6 directions of every train skeleton, independently
+    computed by sev_directions."""
+    from emofast.extract import default_directions
+
+    monkeypatch.setenv("EMOFAST_CACHE", str(tmp_path / "cache"))
+    m = make_tiny("llama")
+    want = sev_directions(m, load_skeletons("sev6", split="train"), progress=False)
+    got = default_directions(m, progress=False)
+    torch.testing.assert_close(got.vectors, want.vectors)
+    want.save(tmp_path / "saved")
+    assert torch.equal(default_directions(m, tmp_path / "saved").vectors, want.vectors)
