@@ -7,7 +7,7 @@ install still succeeds and emofast runs its CPU paths on the torch reference (an
 import glob
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ext_modules, cmdclass = [], {}
 try:
@@ -37,8 +37,7 @@ setup(
     version="0.1.0",
     description="Emotion directions, circuits and steering for Hugging Face causal LMs, fast.",
     python_requires=">=3.10",
-    packages=["emofast", "emofast.models", "emofast.data", "emofast.report", "emofast.kernels"],
-    package_dir={"emofast.kernels": "kernels"},
+    packages=find_packages(include=["emofast", "emofast.*"]),
     package_data={"emofast.data": ["*.jsonl", "*.json", "*.safetensors"]},
     install_requires=[
         "torch", "triton", "transformers>=4.45", "accelerate", "bitsandbytes", "numpy",

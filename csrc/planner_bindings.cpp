@@ -1,11 +1,12 @@
 // torch.ops.emofast.plan_sweep: the sweep planner (csrc/planner/planner.h) on flat CPU tensors.
-// emofast/planner.py wraps it into dataclasses; this file only converts and checks.
+// emofast/sweeps/plan.py wraps it into dataclasses; this file only converts and checks.
 //
 // Inputs (CSR: variant i owns edits[variant_offsets[i]:variant_offsets[i+1]], edit j owns
 // units[unit_offsets[j]:unit_offsets[j+1]]; all int64, CPU):
 //   variant_offsets [V + 1]  0 = variant_offsets[0] <= ... <= variant_offsets[V] = E
 //   edits           [E, 4]   columns (layer, kind, mode, pos_start); kind: 0 mlp_act, 1 attn_z,
-//                            2 resid; mode: 0 zero, 1 mean, 2 patch, 3 scale, 4 steer
+//                            2 resid_post; mode: 0 zero, 1 mean, 2 patch, 3 add (an addition's
+//                            one unit is its table entry)
 //   unit_offsets    [E + 1]  0 = unit_offsets[0] <= ... <= unit_offsets[E] = U
 //   units           [U]      unit indices
 //   n_units         int[]    units per kind (0 = kind not available); seq_len 0 = not given
@@ -16,8 +17,11 @@
 //   blocks          [B, 6]   (layer, kind, mode, words, mask_offset, row_offset); with
 //                            rows = end - begin of its chunk, its mask is
 //                            masks[mask_offset : mask_offset + rows * words].view(rows, words)
-//                            and its per-row pos_start block_pos_start[row_offset : + rows]
+//                            (words = 0 for additions), its per-row pos_start
+//                            block_pos_start[row_offset : + rows] and, for additions, the entry of
+//                            each row block_entries[row_offset : + rows] (-1 = none)
 //   block_pos_start [R]      R = sum of rows over blocks
+//   block_entries   [R]      -1 throughout for ablation blocks
 //   masks           [M]      int32, packed bits (masked_ablate contract: unit u of row i is bit
 //                            u % 32 of word [i, u / 32], least significant bit first)
 #include <ATen/ATen.h>
@@ -87,11 +91,13 @@ std::vector<pl::Variant> unflatten(const at::Tensor& variant_offsets, const at::
   return variants;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> flatten(const pl::Plan& plan) {
+using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+Outputs flatten(const pl::Plan& plan) {
   const auto C = static_cast<int64_t>(plan.chunks.size());
   int64_t B = 0, R = 0, M = 0;
   for (const pl::Chunk& c : plan.chunks)
-    for (const pl::MaskBlock& b : c.blocks) {
+    for (const pl::Block& b : c.blocks) {
       ++B;
       R += c.end - c.begin;
       M += static_cast<int64_t>(b.bits.size());
@@ -99,11 +105,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> flatten(c
   const auto i64 = at::TensorOptions().dtype(at::kLong);
   at::Tensor order = at::empty({static_cast<int64_t>(plan.order.size())}, i64);
   at::Tensor chunks = at::empty({C, 7}, i64), blocks = at::empty({B, 6}, i64);
-  at::Tensor pos = at::empty({R}, i64), masks = at::empty({M}, i64.dtype(at::kInt));
+  at::Tensor pos = at::empty({R}, i64), entries = at::full({R}, -1, i64);
+  at::Tensor masks = at::empty({M}, i64.dtype(at::kInt));
   std::memcpy(order.data_ptr<int64_t>(), plan.order.data(), plan.order.size() * sizeof(int64_t));
   int64_t* ch = chunks.data_ptr<int64_t>();
   int64_t* bl = blocks.data_ptr<int64_t>();
   int64_t* ps = pos.data_ptr<int64_t>();
+  int64_t* en = entries.data_ptr<int64_t>();
   int32_t* mk = masks.data_ptr<int32_t>();
   int64_t b = 0, r = 0, m = 0;
   for (int64_t c = 0; c < C; ++c) {
@@ -111,19 +119,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> flatten(c
     const int64_t row[7] = {k.begin, k.end, k.first_layer, k.pos_start, k.bytes, b,
                             b + static_cast<int64_t>(k.blocks.size())};
     std::memcpy(ch + 7 * c, row, sizeof(row));
-    for (const pl::MaskBlock& blk : k.blocks) {
+    for (const pl::Block& blk : k.blocks) {
       const int64_t brow[6] = {blk.layer, blk.kind, blk.mode, blk.words, m, r};
       std::memcpy(bl + 6 * b++, brow, sizeof(brow));
       std::memcpy(ps + r, blk.pos_start.data(), blk.pos_start.size() * sizeof(int64_t));
+      std::memcpy(en + r, blk.entries.data(), blk.entries.size() * sizeof(int64_t));
       r += static_cast<int64_t>(blk.pos_start.size());
       std::memcpy(mk + m, blk.bits.data(), blk.bits.size() * sizeof(uint32_t));  // same bits as int32
       m += static_cast<int64_t>(blk.bits.size());
     }
   }
-  return {order, chunks, blocks, pos, masks};
+  return {order, chunks, blocks, pos, entries, masks};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> plan_sweep_cpu(
+Outputs plan_sweep_cpu(
     const at::Tensor& variant_offsets, const at::Tensor& edits, const at::Tensor& unit_offsets,
     const at::Tensor& units, at::IntArrayRef n_units, int64_t n_layers, int64_t seq_len,
     int64_t n_prompts, int64_t bytes_per_row_per_layer, int64_t memory_budget) {
@@ -148,7 +157,7 @@ TORCH_LIBRARY_FRAGMENT(emofast, m) {
   m.def("plan_sweep(Tensor variant_offsets, Tensor edits, Tensor unit_offsets, Tensor units, "
         "int[] n_units, int n_layers, int seq_len, int n_prompts, int bytes_per_row_per_layer, "
         "int memory_budget) -> (Tensor order, Tensor chunks, Tensor blocks, "
-        "Tensor block_pos_start, Tensor masks)");
+        "Tensor block_pos_start, Tensor block_entries, Tensor masks)");
 }
 
 TORCH_LIBRARY_IMPL(emofast, CPU, m) { m.impl("plan_sweep", &plan_sweep_cpu); }

@@ -1,4 +1,4 @@
-"""Site names and the one hook context manager.
+"""Site names, the one hook context manager, and the vocabulary of edits (Scope, scale).
 
 A site is a place in the forward pass you can read or write, named "L{layer}.{kind}":
 
@@ -18,7 +18,9 @@ exactly its own handles when the block exits, also when the forward raises; cont
 from __future__ import annotations
 
 import re
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 import torch
@@ -149,3 +151,111 @@ def hooks(adapter: "Adapter", mapping: Mapping[str, HookFn] | Iterable[tuple[str
     finally:
         for h in handles:
             h.remove()
+
+
+# ---- the one vocabulary: where an edit applies (Scope) and how a steer is scaled -------------
+SCALES = ("abs", "rms")
+_SCOPE_KINDS = ("all", "last", "from", "prompt", "generated")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where an edit applies, counted over each row's real (non-pad) tokens.
+
+        Scope.parse("all")         every position of every forward
+        Scope.parse("last")        the last position ("last:3": the last 3 positions)
+        Scope.parse("from:5")      real tokens 5, 6, ... (0-based)
+        Scope.parse("prompt")      only the forward over the prompt (generation)
+        Scope.parse("generated")   only the forwards over generated tokens (generation)
+
+    `kind` is one of all / last / from / prompt / generated; `n` is k for last (>= 1) and p for
+    from (>= 0), 0 otherwise. Each consumer says which kinds it supports (`require`): sweeps and
+    attribution take all, last, from:p; steering takes all, last:k, prompt, generated."""
+    kind: str = "all"
+    n: int = 0
+
+    def __post_init__(self):
+        if self.kind not in _SCOPE_KINDS:
+            raise ValueError(f"unknown scope {self.kind!r}: one of all, last, last:K, from:P, "
+                             "prompt, generated")
+        if isinstance(self.n, bool) or not isinstance(self.n, int):
+            raise ValueError(f"scope {self.kind}: the count must be an int, got {self.n!r}")
+        if self.kind == "last" and self.n < 1:
+            raise ValueError(f"scope last:{self.n}: k must be >= 1")
+        if self.kind == "from" and self.n < 0:
+            raise ValueError(f"scope from:{self.n}: p must be >= 0 (real tokens from p)")
+        if self.kind in ("all", "prompt", "generated") and self.n:
+            raise ValueError(f"scope {self.kind} takes no count, got {self.n}")
+
+    @classmethod
+    def parse(cls, spec: "Scope | str") -> "Scope":
+        """A Scope, or its spelling: "all", "last", "last:K", "from:P", "prompt", "generated"."""
+        if isinstance(spec, Scope):
+            return spec
+        if not isinstance(spec, str):
+            raise ValueError(f"scope must be a Scope or one of 'all', 'last', 'last:K', 'from:P', "
+                             f"'prompt', 'generated'; got {spec!r}")
+        kind, _, count = spec.strip().partition(":")
+        if kind == "last" and not count:
+            return cls("last", 1)
+        if count:
+            if kind not in ("last", "from") or not re.fullmatch(r"\d+", count):
+                raise ValueError(f"bad scope {spec!r}: counts go with last:K and from:P, e.g. "
+                                 "'last:3' or 'from:5'")
+            return cls(kind, int(count))
+        return cls(kind)
+
+    @classmethod
+    def last_k(cls, k: int = 1) -> "Scope":
+        return cls("last", k)
+
+    @classmethod
+    def from_token(cls, p: int) -> "Scope":
+        return cls("from", p)
+
+    def __str__(self) -> str:
+        if self.kind == "last":
+            return "last" if self.n == 1 else f"last:{self.n}"
+        return f"from:{self.n}" if self.kind == "from" else self.kind
+
+    def require(self, where: str, *kinds: str) -> "Scope":
+        """Self, or ValueError naming what `where` supports (kinds; "last" means last:1 only,
+        "last:k" any k)."""
+        if self.kind == "last":
+            ok = "last:k" in kinds or (self.n == 1 and "last" in kinds)
+        else:
+            ok = self.kind in kinds
+        if not ok:
+            raise ValueError(f"{where} does not support scope {self}: use one of "
+                             f"{', '.join(k if k != 'last:k' else 'last:K' for k in kinds)}")
+        return self
+
+
+def legacy_scope(positions, scope, *, where: str, int_means: str) -> Scope:
+    """The Scope of a call that may still use the old `positions=` (deprecated for one release).
+
+    int_means: what an int used to mean here, "from" (sweeps: real tokens >= p) or "last"
+    (steering: the last k positions). The warning names the new spelling."""
+    if positions is None:
+        return Scope.parse("all" if scope is None else scope)
+    if scope is not None:
+        raise ValueError(f"{where}: give scope= only (positions= is its deprecated old name)")
+    new = (Scope(int_means, positions) if isinstance(positions, int)
+           and not isinstance(positions, bool) else Scope.parse(positions))
+    warnings.warn(f"{where}(positions={positions!r}) is deprecated: use scope={str(new)!r}",
+                  DeprecationWarning, stacklevel=3)
+    return new
+
+
+def resolve_scale(scale: str, rms: bool | None, *, where: str) -> str:
+    """Check `scale` ("abs" | "rms"); `rms=` is its deprecated old spelling (one release)."""
+    if rms is not None:
+        if not isinstance(rms, bool):
+            raise ValueError(f"{where}: rms must be a bool, got {rms!r}")
+        new = "rms" if rms else "abs"
+        warnings.warn(f"{where}(rms={rms}) is deprecated: use scale={new!r}", DeprecationWarning,
+                      stacklevel=3)
+        scale = new
+    if scale not in SCALES:
+        raise ValueError(f"{where}: scale must be 'abs' or 'rms', got {scale!r}")
+    return scale

@@ -205,7 +205,7 @@ void masked_ablate__cpu(at::Tensor& x, const at::Tensor& row_variant, const at::
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(emofast, m) {
-  m.set_python_module("emofast.kernels.masked_ablate");  // holds the fake (meta) kernels
+  m.set_python_module("emofast.kernels.cpp");  // registers the fake kernels and autograd
   // The mode argument is named edit_mode: an argument named `mode` collides with a parameter of
   // torch's own dispatch helpers (redirect_to_mode) under torch.compile / AOT dispatch.
   m.def("masked_ablate(Tensor x, Tensor row_variant, Tensor mask, str edit_mode, Tensor? fill, "

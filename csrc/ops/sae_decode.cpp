@@ -349,6 +349,7 @@ std::tuple<at::Tensor, at::Tensor> sae_decode_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(emofast, m) {
+  m.set_python_module("emofast.kernels.cpp");  // registers the fake kernels and autograd
   m.def("sae_decode(Tensor indices, Tensor values, Tensor W_dec, Tensor? b_dec) -> Tensor");
   m.def("sae_decode_backward(Tensor grad_out, Tensor indices, Tensor values, Tensor W_dec, "
         "bool need_values, bool need_W_dec) -> (Tensor, Tensor)");

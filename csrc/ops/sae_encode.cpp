@@ -256,6 +256,7 @@ std::tuple<at::Tensor, at::Tensor> sae_encode_topk_cpu(
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(emofast, m) {
+  m.set_python_module("emofast.kernels.cpp");  // registers the fake kernels and autograd
   m.def("sae_encode(Tensor x, Tensor W_enc, Tensor b_enc, Tensor? b_dec, Tensor? threshold, "
         "str activation) -> Tensor");
   m.def("sae_encode_topk(Tensor x, Tensor W_enc, Tensor b_enc, Tensor? b_dec, Tensor? threshold, "

@@ -120,7 +120,7 @@ void steer_add__cpu(at::Tensor& h, const at::Tensor& row_variant, const at::Tens
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(emofast, m) {
-  m.set_python_module("emofast.kernels.steer_add");  // holds the fake (meta) kernels
+  m.set_python_module("emofast.kernels.cpp");  // registers the fake kernels and autograd
   m.def("steer_add(Tensor h, Tensor row_variant, Tensor directions, Tensor alpha, "
         "Tensor? pos_start, bool rms) -> Tensor");
   m.def("steer_add_(Tensor(a!) h, Tensor row_variant, Tensor directions, Tensor alpha, "

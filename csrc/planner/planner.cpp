@@ -54,8 +54,12 @@ void check_edit(const Edit& e, const ModelFacts& f, const std::string& where) {
   if (e.kind < 0 || e.kind >= n_kinds || f.n_units[e.kind] == 0)
     fail(where, ": site kind ", kind_name(e.kind), " has no unit count: give n_units for it");
   if (e.mode < 0 || e.mode >= kNumModes)
-    fail(where, ": mode ", e.mode, " unknown: one of 0..", kNumModes - 1,
-         " (zero, mean, patch, scale, steer)");
+    fail(where, ": mode ", e.mode, " unknown: one of 0..", kNumModes - 1, " (zero, mean, patch, add)");
+  const bool add = e.mode == static_cast<int64_t>(Mode::add);
+  if (add != (e.kind == static_cast<int64_t>(SiteKind::resid_post)))
+    fail(where, ": mode ", mode_name(e.mode), " at site ", kind_name(e.kind),
+         ": additions (mode add) go to resid_post, ablations (zero, mean, patch) to mlp_act or "
+         "attn_z");
   if (e.pos_start < 0) fail(where, ": pos_start ", e.pos_start, " must be >= 0 (0 = all positions)");
   if (f.seq_len > 0 && e.pos_start >= f.seq_len)
     fail(where, ": pos_start ", e.pos_start, " out of range: seq_len is ", f.seq_len, " (0..",
@@ -63,13 +67,15 @@ void check_edit(const Edit& e, const ModelFacts& f, const std::string& where) {
   const std::string site = "L" + std::to_string(e.layer) + "." + kind_name(e.kind);
   if (e.units.empty())
     fail(where, ": edit at ", site, " has no units (a variant with no edits is the clean run)");
+  if (add && e.units.size() != 1)
+    fail(where, ": an addition at ", site, " names exactly one table entry, got ", e.units.size());
   const int64_t n = f.n_units[e.kind];
   for (int64_t u : e.units)
     if (u < 0 || u >= n)
       fail(where, ": unit ", u, " out of range for ", site, ": ", n, " units (0..", n - 1, ")");
 }
 
-// Masks of one chunk: one block per (layer, kind) in `touched` (lk = layer * n_kinds + kind).
+// Blocks of one chunk: one per (layer, kind) in `touched` (lk = layer * n_kinds + kind).
 void build_blocks(Chunk& c, std::vector<int64_t>& touched, const std::vector<Variant>& variants,
                   const std::vector<int64_t>& order, const ModelFacts& f,
                   std::vector<int64_t>& block_of) {
@@ -78,19 +84,27 @@ void build_blocks(Chunk& c, std::vector<int64_t>& touched, const std::vector<Var
   std::sort(touched.begin(), touched.end());
   c.blocks.resize(touched.size());
   for (size_t b = 0; b < touched.size(); ++b) {
-    MaskBlock& blk = c.blocks[b];
+    Block& blk = c.blocks[b];
     blk.layer = touched[b] / n_kinds;
     blk.kind = touched[b] % n_kinds;
-    blk.words = (f.n_units[blk.kind] + 31) / 32;
     blk.pos_start.assign(rows, c.pos_start);
-    blk.bits.assign(rows * blk.words, 0u);
+    if (blk.kind == static_cast<int64_t>(SiteKind::resid_post)) {
+      blk.entries.assign(rows, -1);
+    } else {
+      blk.words = (f.n_units[blk.kind] + 31) / 32;
+      blk.bits.assign(rows * blk.words, 0u);
+    }
     block_of[touched[b]] = static_cast<int64_t>(b);
   }
   for (int64_t r = 0; r < rows; ++r) {
     for (const Edit& e : variants[order[c.begin + r]]) {
-      MaskBlock& blk = c.blocks[block_of[e.layer * n_kinds + e.kind]];
+      Block& blk = c.blocks[block_of[e.layer * n_kinds + e.kind]];
       blk.mode = e.mode;
       blk.pos_start[r] = e.pos_start;
+      if (!blk.entries.empty()) {
+        blk.entries[r] = e.units[0];
+        continue;
+      }
       uint32_t* row = blk.bits.data() + r * blk.words;
       for (int64_t u : e.units) row[u >> 5] |= 1u << (u & 31);
     }
@@ -100,12 +114,12 @@ void build_blocks(Chunk& c, std::vector<int64_t>& touched, const std::vector<Var
 }  // namespace
 
 std::string kind_name(int64_t kind) {
-  static const char* names[kNumKinds] = {"mlp_act", "attn_z", "resid"};
+  static const char* names[kNumKinds] = {"mlp_act", "attn_z", "resid_post"};
   return kind >= 0 && kind < kNumKinds ? names[kind] : "kind" + std::to_string(kind);
 }
 
 std::string mode_name(int64_t mode) {
-  static const char* names[kNumModes] = {"zero", "mean", "patch", "scale", "steer"};
+  static const char* names[kNumModes] = {"zero", "mean", "patch", "add"};
   return mode >= 0 && mode < kNumModes ? names[mode] : "mode" + std::to_string(mode);
 }
 
@@ -132,6 +146,9 @@ Plan plan_sweep(const std::vector<Variant>& variants, const ModelFacts& f) {
       const int64_t lk = e.layer * n_kinds + e.kind;
       if (seen[lk] == i) {
         const Edit& p = var[seen_edit[lk]];
+        if (e.mode == static_cast<int64_t>(Mode::add))
+          fail(where, ": two additions at L", e.layer, ".", kind_name(e.kind), " (edit ",
+               seen_edit[lk], " and here): add their vectors into one entry");
         if (p.mode != e.mode || p.pos_start != e.pos_start)
           fail(where, ": L", e.layer, ".", kind_name(e.kind), " is edited twice with different "
                "mode/pos_start (", mode_name(p.mode), " from ", p.pos_start, " in edit ",

@@ -1,9 +1,16 @@
-// Sweep planner core: packs ablation variants into chunks that run as one batched forward.
+// Sweep planner core: packs sweep variants (ablations and residual additions) into chunks that
+// run as one batched forward.
 // Plain C++17, no torch headers, so CMake builds and unit-tests it alone (test_planner.cpp);
 // csrc/planner_bindings.cpp exposes it as torch.ops.emofast.plan_sweep.
 //
 // A variant is a list of edits; an edit names a (layer, site kind), the units it touches, a mode
-// and the first position it edits. The planner
+// and the first position it edits. Two families of edits:
+//   ablations (modes zero, mean, patch) at mlp_act (unit = neuron) or attn_z (unit = head), any
+//     number of units;
+//   additions (mode add) at resid_post: exactly one unit, the index of an entry in the sweep's
+//     table of residual additions (a steering vector with its strength); n_units[resid_post] is
+//     the table's size. At most one addition per (layer) and variant.
+// The planner
 //   1. validates every variant (std::invalid_argument with a message naming variant and edit),
 //   2. gives each variant a group key (first_layer, pos_start, mode_set):
 //        first_layer = min edit layer   (layers < first_layer are clean: run once, shared),
@@ -15,9 +22,10 @@
 //      memory_budget_bytes, and never holds two modes at the same (layer, kind) (variants with
 //      one mode each never clash, since mode_set is in the key; a multi-mode variant that would
 //      clash starts a new chunk),
-//   5. per chunk and per (layer, kind) the chunk touches, packs a bitmask [V_c, ceil(n_units/32)]
-//      (the masked_ablate contract: unit u of row i is bit u % 32 of word [i, u / 32], LSB first)
-//      and the pos_start of each row at that site.
+//   5. per chunk and per (layer, kind) the chunk touches, builds a Block: the pos_start of each row
+//      there, and for ablations a bitmask [V_c, ceil(n_units/32)] (the masked_ablate contract:
+//      unit u of row i is bit u % 32 of word [i, u / 32], LSB first), for additions the entry each
+//      row adds [V_c] (-1: none).
 // Duplicate units in an edit are deduplicated (the mask is a set). Two edits of one variant at
 // the same (layer, kind) merge when they agree on mode and pos_start, else it is an error.
 #pragma once
@@ -28,17 +36,18 @@
 
 namespace emofast::planner {
 
-// Site kinds; the value indexes ModelFacts::n_units. Extend by adding a value and a name in
-// kind_name() (planner.cpp); the planner itself handles any kind with n_units > 0.
+// Site kinds; the value indexes ModelFacts::n_units. The names (kind_name) are checked against
+// emofast.sweeps.plan.SITES when the extension loads: change both together.
 enum class SiteKind : int64_t {
-  mlp_act = 0,  // unit = neuron of the MLP activation (n_units = d_mlp)
-  attn_z = 1,   // unit = attention head (n_units = H; the kernel groups d_head columns per unit)
-  resid = 2,    // unit = dimension of the residual stream (n_units = d_model)
+  mlp_act = 0,     // unit = neuron of the MLP activation (n_units = d_mlp)
+  attn_z = 1,      // unit = attention head (n_units = H; the kernel groups d_head columns per unit)
+  resid_post = 2,  // unit = an entry of the sweep's table of residual additions (mode add)
 };
 constexpr int64_t kNumKinds = 3;
 
-enum class Mode : int64_t { zero = 0, mean = 1, patch = 2, scale = 3, steer = 4 };
-constexpr int64_t kNumModes = 5;
+// Modes; the names (mode_name) are checked against emofast.sweeps.plan.MODES likewise.
+enum class Mode : int64_t { zero = 0, mean = 1, patch = 2, add = 3 };
+constexpr int64_t kNumModes = 4;
 
 std::string kind_name(int64_t kind);  // "mlp_act", ..., or "kind<k>" beyond the named ones
 std::string mode_name(int64_t mode);  // "zero", ..., or "mode<m>"
@@ -62,14 +71,17 @@ struct ModelFacts {
   int64_t memory_budget_bytes = 0;     // per chunk
 };
 
-// Mask of one (layer, kind) for the rows of one chunk.
-struct MaskBlock {
+// What the rows of one chunk do at one (layer, kind); row i = order[chunk.begin + i].
+struct Block {
   int64_t layer = 0;
   int64_t kind = 0;
   int64_t mode = 0;                 // the one mode all editing rows use here
-  int64_t words = 0;                // ceil(n_units[kind] / 32)
   std::vector<int64_t> pos_start;   // [V_c]; rows that do not edit here get the chunk's pos_start
-  std::vector<uint32_t> bits;       // [V_c, words] row-major; row i = order[chunk.begin + i]
+  // ablations: a packed unit mask per row
+  int64_t words = 0;                // ceil(n_units[kind] / 32); 0 for additions
+  std::vector<uint32_t> bits;       // [V_c, words] row-major
+  // additions (mode add): the table entry each row adds here, -1 = none
+  std::vector<int64_t> entries;     // [V_c]; empty for ablations
 };
 
 struct Chunk {
@@ -78,7 +90,7 @@ struct Chunk {
   int64_t pos_start = 0;
   int64_t mode_set = 0;
   int64_t bytes = 0;           // (end - begin) * n_prompts * bytes_per_row_per_layer * (n_layers - first_layer)
-  std::vector<MaskBlock> blocks;  // sorted by (layer, kind)
+  std::vector<Block> blocks;  // sorted by (layer, kind)
 };
 
 struct Plan {

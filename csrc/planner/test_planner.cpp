@@ -28,13 +28,16 @@ namespace {
 
 constexpr int64_t MLP = static_cast<int64_t>(SiteKind::mlp_act);
 constexpr int64_t ATTN = static_cast<int64_t>(SiteKind::attn_z);
+constexpr int64_t RESID = static_cast<int64_t>(SiteKind::resid_post);
 constexpr int64_t ZERO = static_cast<int64_t>(Mode::zero);
 constexpr int64_t MEAN = static_cast<int64_t>(Mode::mean);
+constexpr int64_t ADD = static_cast<int64_t>(Mode::add);
 
-ModelFacts facts(int64_t n_layers, int64_t d_mlp, int64_t heads, int64_t budget) {
+ModelFacts facts(int64_t n_layers, int64_t d_mlp, int64_t heads, int64_t budget,
+                 int64_t n_additions = 0) {
   ModelFacts f;
   f.n_layers = n_layers;
-  f.n_units = {d_mlp, heads, 0};
+  f.n_units = {d_mlp, heads, n_additions};
   f.seq_len = 16;
   f.bytes_per_row_per_layer = 100;
   f.n_prompts = 2;
@@ -87,9 +90,19 @@ void check_plan(const std::vector<Variant>& variants, const ModelFacts& f, const
       CHECK(first_layer == c.first_layer && pos == c.pos_start && modes == c.mode_set);
     }
     for (size_t b = 0; b < c.blocks.size(); ++b) {
-      const MaskBlock& blk = c.blocks[b];
+      const Block& blk = c.blocks[b];
       if (b > 0) CHECK(std::make_pair(c.blocks[b - 1].layer, c.blocks[b - 1].kind) <
                        std::make_pair(blk.layer, blk.kind));
+      if (blk.kind == RESID) {  // additions: one entry per row, no mask
+        CHECK(blk.mode == ADD && blk.words == 0 && blk.bits.empty());
+        CHECK(static_cast<int64_t>(blk.entries.size()) == rows);
+        for (int64_t r = 0; r < rows; ++r)
+          if (blk.entries[r] >= 0)
+            decoded[plan.order[c.begin + r]][{blk.layer, blk.kind}] = {blk.mode, blk.pos_start[r],
+                                                                       {blk.entries[r]}};
+        continue;
+      }
+      CHECK(blk.entries.empty());
       CHECK(blk.words == (f.n_units[blk.kind] + 31) / 32);
       CHECK(static_cast<int64_t>(blk.bits.size()) == rows * blk.words);
       for (int64_t r = 0; r < rows; ++r) {
@@ -161,11 +174,28 @@ void test_pos_start_and_multi_mode() {
   CHECK(p.chunks[3].pos_start == 4 && p.chunks[3].blocks[1].pos_start[1] == 4);  // row not editing
 }
 
+void test_additions() {
+  const ModelFacts f = facts(3, 40, 4, 1 << 20, 5);
+  const std::vector<Variant> v = {
+      {{1, RESID, ADD, 0, {3}}},                          // key (1, 0, add)
+      {{1, RESID, ADD, 0, {0}}, {2, ATTN, ZERO, 0, {1}}},  // key (1, 0, zero|add)
+      {{1, RESID, ADD, 2, {4}}},                          // key (1, 2, add)
+      {{1, RESID, ADD, 0, {4}}},                          // key (1, 0, add), joins the first
+      {{2, MLP, ZERO, 0, {7}}, {2, RESID, ADD, 0, {1}}},  // ablation and addition at one layer
+  };
+  const Plan p = plan_sweep(v, f);
+  check_plan(v, f, p);
+  CHECK((p.order == std::vector<int64_t>{0, 3, 1, 2, 4}));
+  CHECK(p.chunks.size() == 4);  // {0,3} {1} {2} {4}
+  CHECK((p.chunks[0].blocks[0].entries == std::vector<int64_t>{3, 4}));
+  CHECK(p.chunks[3].blocks.size() == 2 && p.chunks[3].blocks[1].entries[0] == 1);
+}
+
 void test_random(uint32_t seed) {
   std::mt19937 rng(seed);
   auto pick = [&](int64_t n) { return static_cast<int64_t>(rng() % static_cast<uint32_t>(n)); };
   const int64_t n_layers = 1 + pick(6);
-  ModelFacts f = facts(n_layers, 1 + pick(70), 1 + pick(9), 0);
+  ModelFacts f = facts(n_layers, 1 + pick(70), 1 + pick(9), 0, 1 + pick(40));
   f.n_prompts = 1 + pick(3);
   f.memory_budget_bytes = f.n_prompts * f.bytes_per_row_per_layer * n_layers * (1 + pick(5));
   std::vector<Variant> v(1 + pick(60));
@@ -174,13 +204,15 @@ void test_random(uint32_t seed) {
     for (int64_t j = 0; j < n_edits; ++j) {
       Edit e;
       e.layer = pick(n_layers);
-      e.kind = pick(2);
-      e.mode = pick(2) ? ZERO : pick(kNumModes);
+      e.kind = pick(3);
+      e.mode = e.kind == RESID ? ADD : pick(2) ? ZERO : pick(3);  // add only at resid_post
       e.pos_start = pick(3) * 3;
-      for (int64_t k = 0, n = 1 + pick(4); k < n; ++k) e.units.push_back(pick(f.n_units[e.kind]));
-      bool clash = false;  // keep one mode/pos_start per (layer, kind) within the variant
+      for (int64_t k = 0, n = e.kind == RESID ? 1 : 1 + pick(4); k < n; ++k)
+        e.units.push_back(pick(f.n_units[e.kind]));
+      bool clash = false;  // one mode/pos_start per (layer, kind), one addition per layer
       for (const Edit& o : var)
-        clash |= o.layer == e.layer && o.kind == e.kind && (o.mode != e.mode || o.pos_start != e.pos_start);
+        clash |= o.layer == e.layer && o.kind == e.kind &&
+                 (o.mode != e.mode || o.pos_start != e.pos_start || e.kind == RESID);
       if (!clash) var.push_back(e);
     }
   }
@@ -193,7 +225,14 @@ void test_errors() {
   check_error({{{4, MLP, ZERO, 0, {1}}}}, f, "variant 0, edit 0: layer 4 out of range: model has 4 layers (0..3)");
   check_error({{}, {{0, MLP, ZERO, 0, {40}}}}, f, "variant 1, edit 0: unit 40 out of range for L0.mlp_act: 40 units (0..39)");
   check_error({{{0, ATTN, ZERO, 0, {-1}}}}, f, "unit -1 out of range for L0.attn_z: 3 units (0..2)");
-  check_error({{{0, 2, ZERO, 0, {0}}}}, f, "site kind resid has no unit count");
+  check_error({{{0, RESID, ADD, 0, {0}}}}, f, "site kind resid_post has no unit count");
+  const ModelFacts fa = facts(4, 40, 3, 1600, 2);
+  check_error({{{0, RESID, ZERO, 0, {0}}}}, fa, "mode zero at site resid_post: additions");
+  check_error({{{0, MLP, ADD, 0, {0}}}}, fa, "mode add at site mlp_act");
+  check_error({{{0, RESID, ADD, 0, {0, 1}}}}, fa, "names exactly one table entry, got 2");
+  check_error({{{0, RESID, ADD, 0, {2}}}}, fa, "unit 2 out of range for L0.resid_post: 2 units");
+  check_error({{{1, RESID, ADD, 0, {0}}, {1, RESID, ADD, 0, {1}}}}, fa,
+              "variant 0, edit 1: two additions at L1.resid_post");
   check_error({{{0, 7, ZERO, 0, {0}}}}, f, "site kind kind7 has no unit count");
   check_error({{{0, MLP, 9, 0, {0}}}}, f, "mode 9 unknown");
   check_error({{{0, MLP, ZERO, -1, {0}}}}, f, "pos_start -1 must be >= 0");
@@ -232,8 +271,7 @@ void test_10k_timing() {
   }
   std::printf("planned 10000 single-neuron variants (30 layers x 1536 neurons) into %zu chunks "
               "in %.2f ms (best of 5)\n", p.chunks.size(), best_ms);
-  check_plan(v, f, p);
-  CHECK(best_ms < 1000.0);
+  check_plan(v, f, p);  // the time is printed, not checked: bench/ measures speed
 }
 
 }  // namespace
@@ -241,6 +279,7 @@ void test_10k_timing() {
 int main() {
   test_small_hand_plan();
   test_pos_start_and_multi_mode();
+  test_additions();
   for (uint32_t seed = 0; seed < 300; ++seed) test_random(seed);
   test_errors();
   test_10k_timing();

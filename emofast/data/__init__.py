@@ -177,6 +177,11 @@ def load_dataset(name_or_path: str | Path, *, accepted_only: bool = True) -> lis
     return _labelled(path)
 
 
+def neutral_sentences(n: int | None = None) -> list[str]:
+    """basic4's neutral sentences (the first n): ordinary text for language-model preservation."""
+    return [e.text for e in load_dataset("basic4") if e.label == "neutral"][:n]
+
+
 def load_skeletons(name_or_path: str | Path = "sev6", *, split: str | None = None) -> list[Skeleton]:
     """Load SEV skeletons; `split` ("train"/"test") keeps only that split (error if none have it)."""
     path = _resolve(name_or_path)

@@ -2,13 +2,14 @@
 
     model = emofast.load_model()                        # embedded SmolLM2-135M-Instruct
     acts = model.cache(texts, ["L12.resid_post"])      # {"L12.resid_post": [N, d_model]}
-    acts = model.cache(texts, ["L3.attn_z"], positions="all")   # list of [T_i, H, d_head]
+    acts = model.cache(texts, ["L3.attn_z"], pool="all")        # list of [T_i, H, d_head]
 
-Positions are counted over each text's real (non-pad) tokens, so left and right padding give the
+Reads (`pool`) count positions over each text's real (non-pad) tokens, so left and right padding give the
 same activations: position ids are derived from the attention mask.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Mapping, Sequence
 
 import torch
@@ -18,7 +19,14 @@ from .. import sites as _sites
 from ..data import Prompt
 from .adapters import Adapter
 
-Positions = "str | int | Sequence[int] | torch.Tensor"
+Pool = "str | int | Sequence[int] | torch.Tensor"
+POOLS = ("last", "mean", "span", "all")  # by name; an int, a list of ints or a tensor index too
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids [B, T] from an attention mask [B, T]: each row counts its real tokens from 0,
+    so left and right padding give the same activations (every forward emofast runs uses this)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 class Model:
@@ -69,11 +77,11 @@ class Model:
                 **kwargs):
         """One HF forward with position ids derived from the mask (padding-side independent);
         `base=True` runs the transformer without the unembedding (no logits)."""
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         dev = self.device
         module = self.hf.base_model if base else self.hf
+        kwargs.setdefault("use_cache", False)
         return module(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev),
-                       position_ids=position_ids.to(dev), use_cache=False, **kwargs)
+                      position_ids=position_ids(attention_mask).to(dev), **kwargs)
 
     def hooks(self, mapping):
         """Context manager installing `{site: fn}` hooks; see `emofast.sites.hooks`."""
@@ -82,36 +90,41 @@ class Model:
     # -- activations out -------------------------------------------------------------------
     @torch.inference_mode()
     def cache(self, texts: Sequence[str] | Mapping[str, torch.Tensor], sites: Sequence[str], *,
-              positions: Positions = "last",
+              pool: Pool = "last",
               spans: Sequence[tuple[int, int] | None] | None = None, batch_size: int = 16,
               templated: bool = False, progress: bool = True, dtype: torch.dtype = torch.float32,
-              ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+              positions: Pool | None = None) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Run `texts` (strings, or a tokenised batch with input_ids and attention_mask
-        [N, T]) and return `{site: activations}` at the chosen positions.
+        [N, T]) and return `{site: activations}` read as `pool` says.
 
-        positions: "last" (last real token) -> [N, *act]; "all" -> list of [T_i, *act];
+        pool: "last" (last real token) -> [N, *act]; "all" -> list of [T_i, *act];
           "mean" (over the real tokens) -> [N, *act];
           an int (negative counts from the end) -> [N, *act]; a list of ints -> [N, k, *act];
           a tensor [N] of per-text indices -> [N, *act]; "span" with `spans` (character
           spans in each text, mapped through the tokenizer's offsets) -> mean over the span's
           tokens, [N, *act]. *act is [d_model], [d_mlp] or [H, d_head] by site kind.
+        `positions=` is the deprecated old name of `pool` (one release).
         """
+        if positions is not None:
+            warnings.warn(f"Model.cache(positions={positions!r}) is deprecated: use "
+                          f"pool={positions!r}", DeprecationWarning, stacklevel=2)
+            pool = positions
         batch = texts if isinstance(texts, Mapping) else None
         if batch is not None:
             if "input_ids" not in batch or "attention_mask" not in batch:
                 raise ValueError("a tokenised batch needs input_ids and attention_mask")
-            if positions == "span":
-                raise ValueError("positions='span' maps character spans: pass the texts, not tokens")
+            if pool == "span":
+                raise ValueError("pool='span' maps character spans: pass the texts, not tokens")
             texts = [None] * len(batch["input_ids"])  # rows, for counting and ordering
         texts = list(texts)
         names = [str(_sites.parse_site(s, self.n_layers)) for s in sites]
         if not texts or not names:
             raise ValueError("cache needs at least one text and one site")
-        if positions == "span" and (spans is None or len(spans) != len(texts)):
-            raise ValueError("positions='span' needs spans, one (start, end) per text")
-        per_text = isinstance(positions, torch.Tensor)
-        if per_text and positions.shape != (len(texts),):
-            raise ValueError(f"a positions tensor needs shape [{len(texts)}], got {tuple(positions.shape)}")
+        if pool == "span" and (spans is None or len(spans) != len(texts)):
+            raise ValueError("pool='span' needs spans, one (start, end) per text")
+        per_text = isinstance(pool, torch.Tensor)
+        if per_text and pool.shape != (len(texts),):
+            raise ValueError(f"a pool tensor needs shape [{len(texts)}], got {tuple(pool.shape)}")
         # Longest-first batches waste little padding; results go back to the caller's order.
         lengths = batch["attention_mask"].sum(-1).tolist() if batch is not None else [len(t) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])
@@ -122,9 +135,9 @@ class Model:
             idx = order[start:start + batch_size]
             enc = ({"input_ids": batch["input_ids"][idx], "attention_mask": batch["attention_mask"][idx]}
                    if batch is not None else
-                   self.encode([texts[i] for i in idx], templated=templated, offsets=positions == "span"))
-            sel = _selector(enc, positions[idx] if per_text else positions,
-                            [spans[i] for i in idx] if positions == "span" else None)
+                   self.encode([texts[i] for i in idx], templated=templated, offsets=pool == "span"))
+            sel = _selector(enc, pool[idx] if per_text else pool,
+                            [spans[i] for i in idx] if pool == "span" else None)
             store: dict[str, object] = {}
 
             def read(act, site, _store=store):
@@ -145,15 +158,15 @@ class Model:
                     out[n][i] = store[n][j]
             bar.update(len(idx))
         bar.close()
-        return {n: (v if positions == "all" else torch.stack(v)) for n, v in out.items()}
+        return {n: (v if pool == "all" else torch.stack(v)) for n, v in out.items()}
 
 
 class _StopForward(Exception):
     """Raised by a hook to end a forward once every cached site has been read."""
 
 
-def _selector(enc, positions, spans):
-    """A function mapping a hooked activation [B, T, *act] to the requested positions."""
+def _selector(enc, pool, spans):
+    """A function mapping a hooked activation [B, T, *act] to the requested pool."""
     mask = enc["attention_mask"].bool()                          # [B, T]
     lengths = mask.sum(-1)
     real = [row.nonzero().squeeze(-1) for row in mask]           # real token indices per row
@@ -165,32 +178,32 @@ def _selector(enc, positions, spans):
             raise ValueError(f"position out of range for a text of {int(lengths.min())} tokens")
         return torch.stack([real[b][rel[b]] for b in range(B)])
 
-    if positions == "all":
+    if pool == "all":
         return lambda act: [act[b, real[b].to(act.device)] for b in range(B)]
-    if positions == "mean":
+    if pool == "mean":
         weights = mask.float() / lengths[:, None]
         return lambda act: torch.einsum("bt,bt...->b...", weights.to(act.device), act.float())
-    if positions == "span":
+    if pool == "span":
         weights = torch.zeros(mask.shape)
         for b, (span, offs) in enumerate(zip(spans, enc["offset_mapping"])):
             if span is None:
-                raise ValueError(f"text {b} has no span; positions='span' needs one for every text")
+                raise ValueError(f"text {b} has no span; pool='span' needs one for every text")
             hit = (offs[:, 0] < span[1]) & (offs[:, 1] > span[0]) & mask[b] & (offs[:, 1] > offs[:, 0])
             if not hit.any():
                 raise ValueError(f"span {span} covers no token of text {b}")
             weights[b] = hit.float() / hit.sum()
         return lambda act: torch.einsum("bt,bt...->b...", weights.to(act.device), act.float())
-    if positions == "last":
+    if pool == "last":
         idx, squeeze = absolute(torch.full((B, 1), -1)), True
-    elif isinstance(positions, torch.Tensor):
-        idx, squeeze = absolute(positions.long()[:, None]), True
-    elif isinstance(positions, int):
-        idx, squeeze = absolute(torch.full((B, 1), positions)), True
-    elif isinstance(positions, (list, tuple)) and all(isinstance(p, int) for p in positions):
-        idx, squeeze = absolute(torch.tensor(positions).expand(B, -1)), False
+    elif isinstance(pool, torch.Tensor):
+        idx, squeeze = absolute(pool.long()[:, None]), True
+    elif isinstance(pool, int):
+        idx, squeeze = absolute(torch.full((B, 1), pool)), True
+    elif isinstance(pool, (list, tuple)) and all(isinstance(p, int) for p in pool):
+        idx, squeeze = absolute(torch.tensor(pool).expand(B, -1)), False
     else:
-        raise ValueError(f"bad positions {positions!r}: 'last', 'all', 'span', an int, a list "
-                         "of ints or a tensor of per-text indices")
+        raise ValueError(f"bad pool {pool!r}: 'last', 'mean', 'all', 'span', an int, a "
+                         "list of ints or a tensor of per-text indices")
     rows = torch.arange(B)[:, None]
 
     def pick(act):

@@ -7,12 +7,14 @@
     write_index(out, "Emotion probes", [Section("Probe", "Accuracy by layer.", ["probe.png"])])
 
 files.py writes JSON (tensors and numpy values converted, never pickled), plots.py draws PNGs
-with matplotlib's Agg canvas (no pyplot state), html.py writes the index page.
+with matplotlib's Agg canvas (no pyplot state), html.py writes the index page, timing.py times
+a pipeline's stages. Only pipelines write reports; other rooms use files.write_json alone.
 """
 
 from emofast.report.files import write_json
 from emofast.report.html import Section, Table, write_index
 from emofast.report.plots import plot_bars, plot_heatmap, plot_layer_curves, plot_scatter_2d
+from emofast.report.timing import Stopwatch
 
 __all__ = [
     "write_json",
@@ -23,4 +25,5 @@ __all__ = [
     "Section",
     "Table",
     "write_index",
+    "Stopwatch",
 ]

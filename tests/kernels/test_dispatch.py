@@ -4,13 +4,13 @@ import warnings
 import pytest
 import torch
 
-from emofast.kernels import _dispatch, steer_add
+from emofast.kernels import cpp, dispatch, steer_add
 
 
 @pytest.fixture
 def no_extension(monkeypatch):
     """Pretend emofast._C failed to load."""
-    monkeypatch.setattr(_dispatch, "_cpp_state", {})
+    monkeypatch.setattr(cpp, "_state", {})
 
     def fail(*a, **k):
         raise ImportError("simulated: no emofast._C")
@@ -24,25 +24,25 @@ def no_extension(monkeypatch):
 def test_missing_extension_falls_back_to_torch_and_says_so_once(no_extension):
     x = torch.zeros(2, 3, 4)
     with pytest.warns(UserWarning, match="C\\+\\+ extension not loaded"):
-        assert _dispatch.choose("steer_add", x, None) == "torch"
+        assert dispatch.choose("steer_add", x, None) == "torch"
     with warnings.catch_warnings():
         warnings.simplefilter("error")                       # a second call must stay silent
-        assert _dispatch.choose("steer_add", x, None) == "torch"
+        assert dispatch.choose("steer_add", x, None) == "torch"
         out = steer_add(x, torch.tensor([0, -1]), torch.ones(1, 4), 2.0)
     assert out[0].eq(2).all() and out[1].eq(0).all()
     with pytest.raises(RuntimeError, match="impl='cpp' asked for but the C\\+\\+ extension is not loaded"):
-        _dispatch.choose("steer_add", x, "cpp")
+        dispatch.choose("steer_add", x, "cpp")
 
 
 def test_forced_impls_and_environment_override(monkeypatch):
     x = torch.zeros(2, 3)
-    assert _dispatch.choose("steer_add", x, "torch") == "torch"
+    assert dispatch.choose("steer_add", x, "torch") == "torch"
     with pytest.raises(ValueError, match="impl must be one of"):
-        _dispatch.choose("steer_add", x, "cuda")
+        dispatch.choose("steer_add", x, "cuda")
     monkeypatch.setenv("EMOFAST_DISABLE_TRITON", "1")
     with pytest.raises(RuntimeError, match="EMOFAST_DISABLE_TRITON is set"):
-        _dispatch.choose("steer_add", x, "triton")
+        dispatch.choose("steer_add", x, "triton")
     monkeypatch.delenv("EMOFAST_DISABLE_TRITON")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
-        _dispatch.choose("steer_add", x, "triton")
+        dispatch.choose("steer_add", x, "triton")

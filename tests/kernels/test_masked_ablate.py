@@ -3,10 +3,10 @@ and the reference itself against a dead-simple python loop."""
 import pytest
 import torch
 
-from emofast.kernels._dispatch import cpp_ops
-from emofast.kernels.masked_ablate import MODES, masked_ablate, masked_ablate_reference
+from emofast.kernels import cpp
+from emofast.kernels.ops.masked_ablate import MODES, masked_ablate, masked_ablate_reference
 
-HAS_CPP = cpp_ops() is not None and hasattr(cpp_ops(), "masked_ablate")
+HAS_CPP = cpp.has("masked_ablate")
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="emofast._C (C++ extension) not built")
 IMPLS = ["triton", pytest.param("cpp", marks=needs_cpp), "torch"]
 

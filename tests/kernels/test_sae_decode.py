@@ -4,10 +4,10 @@ the reference, the edge cases of the contract, and opcheck on the C++ ops."""
 import pytest
 import torch
 
-from emofast.kernels._dispatch import cpp_ops
-from emofast.kernels.sae_decode import sae_decode, sae_decode_reference
+from emofast.kernels import cpp
+from emofast.kernels.ops.sae_decode import sae_decode, sae_decode_reference
 
-HAS_CPP = cpp_ops() is not None and hasattr(cpp_ops(), "sae_decode")
+HAS_CPP = cpp.has("sae_decode")
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="emofast._C (C++ extension) not built")
 IMPLS = ["triton", pytest.param("cpp", marks=needs_cpp), "torch"]
 
@@ -171,9 +171,7 @@ def test_cpp_op_checks_its_own_arguments():
 @needs_cpp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck_cpp_ops(dtype):
-    from emofast.kernels.sae_decode import _cpp_op
-
-    _cpp_op()  # registers the fake kernels and the autograd formula
+    cpp.ops()  # loads the extension and registers its fake kernels and autograd
     indices, values, W_dec, b_dec = make_case(5, 41, 23, 3, dtype, index_dtype=torch.int32)
     args = (indices, values.requires_grad_(), W_dec.requires_grad_(), b_dec.requires_grad_())
     torch.library.opcheck(torch.ops.emofast.sae_decode.default, args)

@@ -1,17 +1,15 @@
 """sae_encode: every face (triton via the interpreter, cpp, torch) against the reference, the
 reference against plain float64 matmul + torch.topk, gradients against autograd of the reference,
 the edge cases of the contract (k = 1, ties, bad arguments), and opcheck on the C++ ops."""
-import importlib
 
 import pytest
 import torch
 
-from emofast.kernels._dispatch import cpp_ops
-from emofast.kernels.sae_encode import EncoderOutput, sae_encode, sae_encode_reference
+import emofast.kernels.triton.sae_encode as sae_encode_triton  # not shadowed: TOPK_MODE
+from emofast.kernels import cpp
+from emofast.kernels.ops.sae_encode import EncoderOutput, sae_encode, sae_encode_reference
 
-# the module, not the function that emofast.kernels re-exports under the same name
-sae_encode_module = importlib.import_module("emofast.kernels.sae_encode")
-HAS_CPP = cpp_ops() is not None and hasattr(cpp_ops(), "sae_encode")
+HAS_CPP = cpp.has("sae_encode")
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="emofast._C (C++ extension) not built")
 IMPLS = ["triton", pytest.param("cpp", marks=needs_cpp), "torch"]
 
@@ -173,7 +171,7 @@ def test_leading_dims(impl):
 
 def test_tile_topk_mode(monkeypatch):
     """The alternative Triton top-k (per-tile candidates in the GEMM epilogue) gives the same."""
-    monkeypatch.setattr(sae_encode_module, "TOPK_MODE", "tile")
+    monkeypatch.setattr(sae_encode_triton, "TOPK_MODE", "tile")
     x, W_enc, b_enc, b_dec = make_case(7, 41, 300, torch.float32)  # 3 column tiles
     for k in (1, 5):  # k = 1 takes tl.topk's max path; the bitonic path is slow when interpreted
         res = sae_encode(x, W_enc, b_enc, activation="topk", k=k, b_dec=b_dec, impl="triton")
@@ -228,9 +226,7 @@ def test_cpp_ops_check_their_own_arguments():
 
 @needs_cpp
 def test_opcheck_cpp_ops():
-    from emofast.kernels.sae_encode import _cpp_ops
-
-    _cpp_ops()  # registers the fake kernels and the autograd formulas
+    cpp.ops()  # loads the extension and registers its fake kernels and autograd
     x, W_enc, b_enc, b_dec = (t.requires_grad_() for t in make_case(5, 41, 23, torch.float32))
     thr = torch.full((23,), 0.05)
     torch.library.opcheck(torch.ops.emofast.sae_encode.default,

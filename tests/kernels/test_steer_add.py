@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from emofast.kernels._dispatch import cpp_ops
-from emofast.kernels.steer_add import steer_add, steer_add_reference
+from emofast.kernels import cpp
+from emofast.kernels.ops.steer_add import steer_add, steer_add_reference
 
-HAS_CPP = cpp_ops() is not None and hasattr(cpp_ops(), "steer_add")
+HAS_CPP = cpp.has("steer_add")
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="emofast._C (C++ extension) not built")
 IMPLS = ["triton", pytest.param("cpp", marks=needs_cpp), "torch"]
 
@@ -52,20 +52,20 @@ def hand_loop(h, row_variant, directions, alpha, pos_start, rms):
     return out
 
 
-@pytest.mark.parametrize("rms", [False, True])
-def test_reference_matches_hand_loop(rms):
+@pytest.mark.parametrize("scale", ["abs", "rms"])
+def test_reference_matches_hand_loop(scale):
     h, rv, dirs, alpha, pos = make_case(3, 4, 13, 2, torch.float32, seed=1)
-    got = steer_add_reference(h, rv, dirs, alpha, pos_start=pos, rms=rms)
-    torch.testing.assert_close(got.double(), hand_loop(h, rv, dirs, alpha, pos, rms),
+    got = steer_add_reference(h, rv, dirs, alpha, pos_start=pos, scale=scale)
+    torch.testing.assert_close(got.double(), hand_loop(h, rv, dirs, alpha, pos, scale == "rms"),
                                atol=1e-5, rtol=1e-5)  # fp32 result vs float64 loop
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("rms", [False, True])
-def test_matches_hand_loop(impl, rms):
+@pytest.mark.parametrize("scale", ["abs", "rms"])
+def test_matches_hand_loop(impl, scale):
     h, rv, dirs, alpha, pos = make_case(2, 3, 10, 2, torch.float32, seed=2)
-    got = steer_add(h, rv, dirs, alpha, pos_start=pos, rms=rms, impl=impl)
-    torch.testing.assert_close(got.double(), hand_loop(h, rv, dirs, alpha, pos, rms),
+    got = steer_add(h, rv, dirs, alpha, pos_start=pos, scale=scale, impl=impl)
+    torch.testing.assert_close(got.double(), hand_loop(h, rv, dirs, alpha, pos, scale == "rms"),
                                atol=1e-5, rtol=1e-5)
 
 
@@ -74,19 +74,19 @@ SHAPES = [(3, 5, 41, 3), (2, 3, 300, 1), (1, 2, 8200, 2)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("rms", [False, True], ids=["add", "rms"])
+@pytest.mark.parametrize("scale", ["abs", "rms"])
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES, ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_matches_reference(impl, dtype, atol, rtol, rms, shape):
+def test_matches_reference(impl, dtype, atol, rtol, scale, shape):
     B, T, D, V = shape
     h, rv, dirs, alpha, pos = make_case(B, T, D, V, dtype, seed=D)
-    want = steer_add_reference(h, rv, dirs, alpha, pos_start=pos, rms=rms)
+    want = steer_add_reference(h, rv, dirs, alpha, pos_start=pos, scale=scale)
     h0 = h.clone()
-    got = steer_add(h, rv, dirs, alpha, pos_start=pos, rms=rms, impl=impl)
+    got = steer_add(h, rv, dirs, alpha, pos_start=pos, scale=scale, impl=impl)
     assert got.dtype == h.dtype and got.shape == h.shape
     torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
     assert torch.equal(h, h0), "out of place must leave h untouched"
-    got2 = steer_add(h, rv, dirs, alpha, pos_start=pos, rms=rms, inplace=True, impl=impl)
+    got2 = steer_add(h, rv, dirs, alpha, pos_start=pos, scale=scale, inplace=True, impl=impl)
     assert got2 is h
     torch.testing.assert_close(h, want, atol=atol, rtol=rtol)
 
@@ -96,7 +96,7 @@ def test_edge_cases(impl):
     h, rv, dirs, alpha, _ = make_case(3, 4, 24, 3, torch.float32, seed=3)
     # every row -1, or pos_start = T: h back, bit for bit
     assert torch.equal(steer_add(h, torch.full((3,), -1), dirs, alpha, impl=impl), h)
-    assert torch.equal(steer_add(h, rv, dirs, alpha, pos_start=torch.full((3,), 4), rms=True,
+    assert torch.equal(steer_add(h, rv, dirs, alpha, pos_start=torch.full((3,), 4), scale="rms",
                                  impl=impl), h)
     # pos_start = 0 is the same as none
     torch.testing.assert_close(
@@ -121,8 +121,8 @@ def test_inplace_non_contiguous(impl):
     h = torch.randn(2, 24, 5).transpose(1, 2)                      # [B, T, d_model] view
     assert not h.is_contiguous()
     rv, dirs = torch.tensor([0, 1]), torch.randn(2, 24)
-    want = steer_add_reference(h, rv, dirs, 2.0, rms=True)
-    out = steer_add(h, rv, dirs, 2.0, rms=True, inplace=True, impl=impl)
+    want = steer_add_reference(h, rv, dirs, 2.0, scale="rms")
+    out = steer_add(h, rv, dirs, 2.0, scale="rms", inplace=True, impl=impl)
     assert out is h
     torch.testing.assert_close(h, want)
 
@@ -139,6 +139,7 @@ BAD = [  # (overrides of the good call, error fragment)
     (dict(alpha=torch.ones(2, dtype=torch.long)), r"alpha must be a float \[B\]"),
     (dict(alpha="strong"), "alpha must be a float"),
     (dict(rms=1), "rms must be a bool"),
+    (dict(scale="log"), "scale must be 'abs' or 'rms'"),
     (dict(pos_start=torch.tensor([0, 4])), r"pos_start values must lie in \[0, T = 3\]"),
     (dict(pos_start=torch.zeros(2)), "pos_start must be int32 or int64"),
     (dict(directions=torch.randn(2, 8, device="meta")), "directions is on meta"),
@@ -148,7 +149,7 @@ BAD = [  # (overrides of the good call, error fragment)
 @pytest.mark.parametrize("override, match", BAD)
 def test_bad_inputs(override, match):
     kw = dict(h=torch.randn(2, 3, 8), row_variant=torch.tensor([0, -1]),
-              directions=torch.randn(2, 8), alpha=torch.ones(2), pos_start=None, rms=False)
+              directions=torch.randn(2, 8), alpha=torch.ones(2), pos_start=None)
     kw.update(override)
     with pytest.raises(ValueError, match=match):
         steer_add(kw.pop("h"), kw.pop("row_variant"), kw.pop("directions"), kw.pop("alpha"), **kw)

@@ -1,0 +1,109 @@
+"""What every subcommand shares: the model flags, config dataclasses as flags, deprecations.
+
+`add_config_flags(parser, Config)` gives each field of a pipeline config one flag
+(`n_train_skeletons` -> `--n-train-skeletons`; a bool True by default -> `--no-<name>`; tuples
+comma-separated, tuples of tuples `;`-separated; Literal fields as choices) with the field's
+help; `config_from_args(args, Config, base)` applies only the flags given on top of a preset.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+import warnings
+from typing import Any, Literal
+
+from ..models import DEFAULT_MODEL, Model, load_model
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id, local folder, or {DEFAULT_MODEL!r} (embedded, the default)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 "
+                   "(default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--quantization", choices=["int8", "nf4", "fp4"], default=None,
+                   help="load the model quantized with bitsandbytes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load(args) -> Model:
+    return load_model(args.model, dtype=args.dtype, device=args.device,
+                      quantization=args.quantization, progress=not args.quiet)
+
+
+def deprecated(command: str, old: str, new: str) -> None:
+    """Say once, on stderr and as a DeprecationWarning, that flag `old` is now `new`."""
+    message = f"emofast {command}: {old} is deprecated (one release): use {new}"
+    print(f"warning: {message}", file=sys.stderr)
+    warnings.warn(message, DeprecationWarning, stacklevel=2)
+
+
+# ---- config dataclasses as flags ----
+def _parser_for(tp) -> tuple[Any, dict]:
+    """(type converter, extra add_argument kwargs) for a field annotation."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union or type(tp).__name__ == "UnionType":
+        inner = [a for a in args if a is not type(None)]
+        convert, extra = _parser_for(inner[0])
+        return (lambda s: None if s.lower() in ("none", "") else convert(s)), extra
+    if typing.get_origin(tp) is Literal:
+        return str, {"choices": list(args)}
+    if typing.get_origin(tp) is tuple:
+        item = args[0]
+        if typing.get_origin(item) is tuple:  # tuple of tuples: groups split by ';'
+            inner = typing.get_args(item)[0]
+            return (lambda s: tuple(tuple(inner(x) for x in g.split(",")) for g in s.split(";")
+                                    if g)), {}
+        if item is str:  # names: space- or comma-separated
+            return (lambda s: tuple(x for x in s.split(",") if x)), {"nargs": "+"}
+        return (lambda s: tuple(item(x) for x in s.split(",") if x)), {}
+    return tp, {}
+
+
+def add_config_flags(p: argparse.ArgumentParser, config_cls, *, skip: tuple[str, ...] = ()
+                     ) -> None:
+    """One flag per field of `config_cls` (see the module docstring); defaults come from the
+    preset chosen later, so every flag defaults to "not given"."""
+    hints = typing.get_type_hints(config_cls)
+    group = p.add_argument_group(f"{config_cls.__name__} fields (defaults: the quick preset)")
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
+        flag, helptext = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+        if hints[f.name] is bool:
+            if f.default is True:
+                group.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name,
+                                   action="store_false", default=argparse.SUPPRESS,
+                                   help=f"not: {helptext}")
+            else:
+                group.add_argument(flag, dest=f.name, action="store_true",
+                                   default=argparse.SUPPRESS, help=helptext)
+            continue
+        convert, extra = _parser_for(hints[f.name])
+        group.add_argument(flag, dest=f.name, type=convert, default=argparse.SUPPRESS,
+                           help=f"{helptext} (default {_show(f.default)})", **extra)
+
+
+def _show(value) -> str:
+    def one(x):
+        return f"{x:g}" if isinstance(x, float) else str(x)
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):
+        return ";".join(",".join(one(x) for x in g) for g in value)
+    if isinstance(value, tuple):
+        return ",".join(one(x) for x in value)
+    return one(value)
+
+
+def config_from_args(args, config_cls, base=None):
+    """`base` (default: the class's defaults, the quick preset) with the fields whose flags
+    were given."""
+    given = {}
+    for f in dataclasses.fields(config_cls):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            if isinstance(value, list):  # nargs="+": a tuple per word, flattened
+                value = tuple(x for part in value for x in part)
+            given[f.name] = value
+    return config_cls(**given) if base is None else dataclasses.replace(base, **given)

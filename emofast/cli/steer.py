@@ -1,0 +1,62 @@
+"""`emofast steer`: print text generated with an emotion direction added (emofast.interventions)."""
+from __future__ import annotations
+
+from ..analysis import default_directions
+from ..interventions import Steering, generate
+from ..sites import Scope, parse_layers
+from . import common
+from .common import add_model_flags, deprecated
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("steer", help="print text generated with an emotion direction added")
+    add_model_flags(p)
+    p.add_argument("--emotion", required=True, help="an emotion of the directions (sev6: anger, "
+                   "sadness, happiness, fear, surprise, disgust)")
+    p.add_argument("--layers", required=True, help="'12', '10-13' or '4,8'")
+    p.add_argument("--alpha", type=float, required=True, help="strength (0 = unsteered)")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    p.add_argument("--directions", default=None, help="folder from `emofast directions` or the "
+                   "demo (default: sev6 directions of --model, computed once and cached)")
+    p.add_argument("--scale", choices=["rms", "abs"], default="rms",
+                   help="rms: delta = alpha * v * rms(h) (default); abs: alpha * v")
+    p.add_argument("--scope", default=None, help="where to steer: all "
+                   "(default), prompt, generated, or last:K (the last K positions of each "
+                   "forward)")
+    p.add_argument("--positions", default=None, help="deprecated: use --scope (an int k meant "
+                   "last:k)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    p.add_argument("--compare", action="store_true", help="also print the unsteered reply")
+    p.set_defaults(fn=run)
+
+
+def scope_of(args) -> Scope:
+    """--scope, or the deprecated --positions (k -> last:k) with a warning."""
+    if args.positions is None:
+        return Scope.parse(args.scope or "all")
+    if args.scope is not None:
+        raise ValueError("give --scope only (--positions is its deprecated old name)")
+    new = Scope.last_k(int(args.positions)) if args.positions.isdigit() else \
+        Scope.parse(args.positions)
+    deprecated("steer", f"--positions {args.positions}", f"--scope {new}")
+    return new
+
+
+def run(args) -> int:
+    scope = scope_of(args)
+    model = common.load(args)
+    dirs = default_directions(model, args.directions, progress=not args.quiet)
+    layers = parse_layers(args.layers, model.n_layers)
+    steering = Steering.single(dirs, args.emotion, layers, args.alpha, model.n_layers,
+                               scope=scope, scale=args.scale)
+    prompts = list(args.prompt)
+    kw = dict(max_new_tokens=args.max_new_tokens, chat=not args.no_chat, progress=False)
+    texts = generate(model, prompts, intervention=steering, **kw)
+    plain = generate(model, prompts, **kw) if args.compare else [None] * len(prompts)
+    for prompt, text, base in zip(prompts, texts, plain):
+        print(f"> {prompt}")
+        if base is not None:
+            print(f"[unsteered] {base}")
+        print(f"[{args.emotion} x{args.alpha:g} at L{layers[0]}-{layers[-1]}] {text}\n")
+    return 0

@@ -1,0 +1,31 @@
+"""What every pipeline config shares (not a pipeline itself).
+
+A config is a dataclass whose defaults are the quick preset, with one `option(default, help)` per
+field (the help is the `emofast` flag's help: flags map one-to-one onto fields), `Literal`
+choices, a `__post_init__` that raises on invalid combinations and `full()` built with
+`dataclasses.replace`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+def option(default: Any, help: str):
+    """A config field with its documentation (tuples and other immutables as defaults)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def preset_name(config) -> str:
+    """"quick" or "full" when `config` equals that preset, else "custom" (for the report)."""
+    if config == type(config)():
+        return "quick"
+    return "full" if config == type(config).full() else "custom"
+
+
+def positive(config, *names: str) -> None:
+    """ValueError unless each named field is an int >= 1."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")

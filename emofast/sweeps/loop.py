@@ -1,0 +1,83 @@
+"""The loop engine, the reference: per variant and prompt batch, one hooked forward.
+
+Edits are done by plain indexing (`index_edit`), Steers by `steer.index_steer`, other
+Interventions through their own hooks; full logits are computed, as the peers (nnsight,
+TransformerLens) do it. The batched engine must give the same numbers (tests/sweeps).
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import torch
+
+from .batches import padded_starts
+from .clean import clean_pass, readout_hook
+from .job import Job, edit_keys, finish
+from .metrics import Readout
+from .plan import Add, Edit
+from .steer import index_steer
+
+PIECE = 16  # variants per stored piece
+
+
+def run_loop(job: Job, todo: list[int]) -> int:
+    """Run `todo` one variant at a time; returns the number of OOM splits (always 0)."""
+    model, metric = job.model, job.metric
+    chosen = [job.variants[i] for i in todo]
+    states, means = clean_pass(model, job.batches, metric, first_layers=set(),
+                               mean_keys=edit_keys(chosen, "mean"), keep_kv=False,
+                               sources=job.sources, patch_keys=edit_keys(chosen, "patch"),
+                               last=job.last)
+    for piece in range(0, len(todo), PIECE):
+        ids = todo[piece:piece + PIECE]
+        for i in ids:
+            for st in states:
+                job.per_prompt[i, st.batch.start:st.batch.stop] = _one(job, job.variants[i],
+                                                                       st, means)
+        finish(job, ids)
+    return 0
+
+
+def _one(job: Job, variant: tuple, st, means: dict) -> torch.Tensor:
+    """Metric values [P] of one variant on one clean state's batch."""
+    model, metric, b = job.model, job.metric, st.batch
+    T, P, seen, hooks = b.ids.shape[1], b.stop - b.start, {}, []
+    fill = {"mean": means, "patch": st.patch}
+    for e in variant:
+        if isinstance(e, (Edit, Add)):
+            starts = padded_starts(b.pad, e.pos_start, T, job.last).tolist()
+            if isinstance(e, Add):
+                hooks.append((f"L{e.layer}.resid_post", index_steer(job.additions, e.entry, starts)))
+            else:
+                hooks.append((f"L{e.layer}.{e.site}", index_edit(
+                    e, starts, fill.get(e.mode, {}).get((e.layer, e.site)))))
+    if metric.reads == "resid":
+        hooks.append(readout_hook(model, metric, seen))
+    with ExitStack() as stack:
+        for iv in variant:
+            if not isinstance(iv, (Edit, Add)):
+                stack.enter_context(iv.take(slice(b.start, b.stop), P).hooks(model))
+        stack.enter_context(model.hooks(hooks))
+        logits = model.forward(b.ids, b.mask).logits[:, -1].float()          # [P, vocab]
+    r = (Readout(logits, st.readout.clean_logprobs, None)
+         if metric.reads == "logits" else Readout(None, None, seen["resid"]))
+    return metric(r)
+
+
+def index_edit(e: Edit, starts: list[int], fill: torch.Tensor | None):
+    """Hook: act [B, T, d_mlp] or [B, T, H, d_head]; row b, positions >= starts[b], the units
+    (dim 2: neurons or heads) := 0, their mean (fill [units, ...]) or the source's activation
+    (fill [B, T, W], flattened like act)."""
+    units = list(e.units)
+
+    def fn(act, site):
+        act = act.clone()
+        for b, s in enumerate(starts):
+            if fill is None:
+                act[b, s:, units] = 0.0
+            elif e.mode == "patch":
+                act[b, s:, units] = fill.view_as(act)[b, s:, units]
+            else:
+                act[b, s:, units] = fill[units].to(act.dtype)
+        return act
+    return fn
