@@ -29,6 +29,7 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) bench/gpu_check.py --smoke
 	$(MAKE) ctest
 
 # The planner core alone (plain C++17, no torch needed): build with CMake, run its unit tests.

@@ -14,6 +14,12 @@ A site is a place in the forward pass you can read or write, named "L{layer}.{ki
 One hook signature: `fn(act, site) -> Tensor | None`; return a tensor to replace the activation
 (same shape), or None to leave it. `hooks(adapter, {"L3.attn_z": fn})` installs them and removes
 exactly its own handles when the block exits, also when the forward raises; contexts nest.
+
+The vocabulary every edit shares: `Scope` says where it applies ("all", "last", "last:k",
+"from:p", "prompt", "generated"; each consumer says which it takes), `SCALES` how a steering
+vector is scaled ("abs": alpha * v, "rms": alpha * rms(h) * v). Reads say `pool` instead
+(`Model.cache`). `legacy_scope` and `resolve_scale` accept the old spellings (`positions=`,
+`rms=`) for one release, with a DeprecationWarning that names the new one.
 """
 from __future__ import annotations
 
@@ -21,12 +27,21 @@ import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, NamedTuple
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from .models.adapters import Adapter
+
+class Modules(Protocol):
+    """What `hooks` needs of a model: `emofast.models.Adapter` is one (sites sits below models)."""
+    n_layers: int
+    n_heads: int
+    d_head: int
+    parallel_residual: bool
+    model_type: str
+
+    def module(self, layer: int, part: str): ...
+
 
 KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_z", "attn_out", "mlp_act", "mlp_out")
 HookFn = Callable[[torch.Tensor, "Site"], "torch.Tensor | None"]
@@ -94,7 +109,7 @@ def _replace_first(x, new):
     return (new,) + tuple(x[1:]) if isinstance(x, tuple) else new
 
 
-def _install(adapter: "Adapter", site: Site, fn: HookFn):
+def _install(adapter: Modules, site: Site, fn: HookFn):
     """Register one hook on the module that carries `site`; returns the handle."""
     kind, layer = site.kind, site.layer
     if kind == "resid_mid" and adapter.parallel_residual:
@@ -138,7 +153,7 @@ def _install(adapter: "Adapter", site: Site, fn: HookFn):
 
 
 @contextmanager
-def hooks(adapter: "Adapter", mapping: Mapping[str, HookFn] | Iterable[tuple[str, HookFn]]
+def hooks(adapter: Modules, mapping: Mapping[str, HookFn] | Iterable[tuple[str, HookFn]]
           ) -> Iterator[None]:
     """Install `{site: fn}` (or (site, fn) pairs, for several fns on one site, run in order)."""
     pairs = list(mapping.items()) if isinstance(mapping, Mapping) else list(mapping)

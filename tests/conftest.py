@@ -69,6 +69,18 @@ def tiny_llama() -> Model:
 
 
 @pytest.fixture(scope="session")
+def gpu():
+    """The device of `gpu`-marked tests: CUDA when present; "cpu" (Triton through its
+    interpreter, small shapes) when EMOFAST_GPU_SMOKE=1, as `bench/gpu_check.py --smoke` runs
+    them; else the test is skipped."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if os.environ.get("EMOFAST_GPU_SMOKE") == "1":
+        return torch.device("cpu")
+    pytest.skip("needs CUDA (or EMOFAST_GPU_SMOKE=1 for the CPU smoke run)")
+
+
+@pytest.fixture(scope="session")
 def smollm():
     """The real embedded SmolLM2-135M-Instruct (converted once into the emofast cache)."""
     import emofast

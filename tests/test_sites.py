@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from emofast.sites import parse_layers, parse_site
+from emofast.sites import Scope, legacy_scope, parse_layers, parse_site, resolve_scale
 
 TEXTS = ["Thank you so much for the help!", "The bus leaves at nine.", "I am furious about it."]
 
@@ -120,62 +120,51 @@ def test_hooks_removed_after_exception_and_nesting(tiny_llama):
     assert sum(len(mod._forward_pre_hooks) + len(mod._forward_hooks) for mod in modules) == before
 
 
-@pytest.mark.parametrize("positions", ["last", "all", 2, [0, -1], "span", "tensor"])
-def test_cache_left_and_right_padding_agree(tiny, positions):
-    texts = ["I am so grateful for this", "Sorry!", "The meeting moved to Tuesday at noon"]
-    spans = [(8, 16), (0, 5), (4, 11)]
-    if positions == "tensor":
-        positions = torch.tensor([1, 0, 5])
-    sites = ["L0.resid_post", "L2.attn_z", "L1.mlp_act"]
-    results = []
-    for side in ("left", "right"):
-        tiny.tokenizer.padding_side = side
-        results.append(tiny.cache(texts, sites, positions=positions, spans=spans, batch_size=2,
-                                  progress=False))
-    for name in sites:
-        a, b = results[0][name], results[1][name]
-        if positions == "all":
-            assert [x.shape[0] for x in a] == [len(t.encode()) for t in texts]
-            for x, y in zip(a, b):
-                torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
-        else:
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+# ---- the vocabulary: Scope and scale ------------------------------------------------------
 
 
-def test_cache_positions_match_unbatched_forward(tiny_llama):
-    """Batched, padded caching equals running each text alone and indexing by hand."""
-    m = tiny_llama
-    texts = ["a longer sentence here", "short", "mid length one"]
-    spans = [(2, 8), (0, 5), (4, 10)]
-    got_last = m.cache(texts, ["L1.resid_post"], progress=False)["L1.resid_post"]
-    got_span = m.cache(texts, ["L1.resid_post"], positions="span", spans=spans,
-                       progress=False)["L1.resid_post"]
-    got_idx = m.cache(texts, ["L1.resid_post"], positions=[0, -2], progress=False)["L1.resid_post"]
-    for i, text in enumerate(texts):
-        _, out = _run(m, [text], output_hidden_states=True)
-        h = out.hidden_states[2][0]                            # [T, d_model]; bytes = tokens
-        torch.testing.assert_close(got_last[i], h[-1], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(got_span[i], h[spans[i][0]:spans[i][1]].mean(0), atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(got_idx[i], h[[0, -2]], atol=1e-5, rtol=1e-4)
+@pytest.mark.parametrize("spelling, kind, n, back", [
+    ("all", "all", 0, "all"), ("last", "last", 1, "last"), ("last:1", "last", 1, "last"),
+    ("last:3", "last", 3, "last:3"), ("from:0", "from", 0, "from:0"),
+    ("from:12", "from", 12, "from:12"), ("prompt", "prompt", 0, "prompt"),
+    ("generated", "generated", 0, "generated"), (" last:2 ", "last", 2, "last:2")])
+def test_scope_spellings_round_trip(spelling, kind, n, back):
+    scope = Scope.parse(spelling)
+    assert (scope.kind, scope.n, str(scope)) == (kind, n, back)
+    assert Scope.parse(str(scope)) == scope and Scope.parse(scope) is scope
 
 
-def test_cache_bad_input(tiny_llama):
-    with pytest.raises(ValueError, match="out of range"):
-        tiny_llama.cache(["abc"], ["L0.resid_post"], positions=10, progress=False)
-    with pytest.raises(ValueError, match="needs spans"):
-        tiny_llama.cache(["abc"], ["L0.resid_post"], positions="span", progress=False)
-    with pytest.raises(ValueError, match="covers no token"):
-        tiny_llama.cache(["abc"], ["L0.resid_post"], positions="span", spans=[(3, 3)], progress=False)
-    with pytest.raises(ValueError, match="layer 7 out of range"):
-        tiny_llama.cache(["abc"], ["L7.resid_post"], progress=False)
+@pytest.mark.parametrize("spelling, match", [
+    ("first", "unknown scope 'first'"), ("last:0", "k must be >= 1"), ("last:x", "bad scope"),
+    ("from:-1", "bad scope"), ("all:3", "bad scope"), (3, "scope must be a Scope or one of")])
+def test_bad_scopes(spelling, match):
+    with pytest.raises(ValueError, match=match):
+        Scope.parse(spelling)
 
 
-def test_cache_accepts_a_tokenised_batch(tiny_llama):
-    texts = ["one short", "a somewhat longer text here"]
-    from_texts = tiny_llama.cache(texts, ["L1.resid_post"], positions="all", progress=False)
-    enc = tiny_llama.encode(texts, padding_side="left")
-    from_batch = tiny_llama.cache(enc, ["L1.resid_post"], positions="all", progress=False)
-    for a, b in zip(from_texts["L1.resid_post"], from_batch["L1.resid_post"]):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    with pytest.raises(ValueError, match="pass the texts"):
-        tiny_llama.cache(enc, ["L1.resid_post"], positions="span", spans=[(0, 1)] * 2, progress=False)
+def test_scope_require_and_constructors():
+    assert Scope.last_k() == Scope.parse("last") and Scope.from_token(2) == Scope("from", 2)
+    assert Scope.parse("last").require("x", "all", "last") == Scope.last_k(1)
+    assert Scope.parse("last:4").require("x", "last:k").n == 4
+    with pytest.raises(ValueError, match="sweep does not support scope last:4: use one of all, "
+                                         "last, from"):
+        Scope.parse("last:4").require("sweep", "all", "last", "from")
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        Scope("last", 0)
+
+
+def test_legacy_positions_and_rms_warn_with_the_new_spelling():
+    with pytest.warns(DeprecationWarning, match=r"f\(positions=3\) is deprecated: use scope='from:3'"):
+        assert legacy_scope(3, None, where="f", int_means="from") == Scope.from_token(3)
+    with pytest.warns(DeprecationWarning, match="use scope='last:3'"):
+        assert legacy_scope(3, None, where="f", int_means="last") == Scope.last_k(3)
+    with pytest.warns(DeprecationWarning, match="use scope='all'"):
+        assert legacy_scope("all", None, where="f", int_means="from") == Scope()
+    assert legacy_scope(None, "from:2", where="f", int_means="from") == Scope.from_token(2)
+    with pytest.raises(ValueError, match="give scope= only"):
+        legacy_scope(2, "all", where="f", int_means="from")
+    with pytest.warns(DeprecationWarning, match=r"g\(rms=True\) is deprecated: use scale='rms'"):
+        assert resolve_scale("abs", True, where="g") == "rms"
+    assert resolve_scale("rms", None, where="g") == "rms"
+    with pytest.raises(ValueError, match="scale must be 'abs' or 'rms'"):
+        resolve_scale("log", None, where="g")

@@ -15,6 +15,7 @@ import warnings
 from typing import Any, Literal
 
 from ..models import DEFAULT_MODEL, Model, load_model
+from ..sites import Scope
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -38,6 +39,20 @@ def deprecated(command: str, old: str, new: str) -> None:
     message = f"emofast {command}: {old} is deprecated (one release): use {new}"
     print(f"warning: {message}", file=sys.stderr)
     warnings.warn(message, DeprecationWarning, stacklevel=2)
+
+
+def scope_flag(args, command: str, int_means: str) -> Scope:
+    """--scope, or the deprecated --positions with a warning; int_means says what an int used
+    to mean for this command: "last" (steer: the last k positions) or "from" (sweep: real
+    tokens >= p)."""
+    if args.positions is None:
+        return Scope.parse(args.scope or "all")
+    if args.scope is not None:
+        raise ValueError("give --scope only (--positions is its deprecated old name)")
+    new = Scope(int_means, int(args.positions)) if args.positions.isdigit() else \
+        Scope.parse(args.positions)
+    deprecated(command, f"--positions {args.positions}", f"--scope {new}")
+    return new
 
 
 # ---- config dataclasses as flags ----

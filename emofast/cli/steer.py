@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from ..analysis import default_directions
 from ..interventions import Steering, generate
-from ..sites import Scope, parse_layers
+from ..sites import parse_layers
 from . import common
-from .common import add_model_flags, deprecated
+from .common import add_model_flags, scope_flag
 
 
 def add_parser(sub) -> None:
@@ -31,20 +31,8 @@ def add_parser(sub) -> None:
     p.set_defaults(fn=run)
 
 
-def scope_of(args) -> Scope:
-    """--scope, or the deprecated --positions (k -> last:k) with a warning."""
-    if args.positions is None:
-        return Scope.parse(args.scope or "all")
-    if args.scope is not None:
-        raise ValueError("give --scope only (--positions is its deprecated old name)")
-    new = Scope.last_k(int(args.positions)) if args.positions.isdigit() else \
-        Scope.parse(args.positions)
-    deprecated("steer", f"--positions {args.positions}", f"--scope {new}")
-    return new
-
-
 def run(args) -> int:
-    scope = scope_of(args)
+    scope = scope_flag(args, "steer", int_means="last")
     model = common.load(args)
     dirs = default_directions(model, args.directions, progress=not args.quiet)
     layers = parse_layers(args.layers, model.n_layers)

@@ -16,11 +16,10 @@ import functools
 from pathlib import Path
 
 from ..analysis import default_directions
-from ..sites import Scope
 from ..sweeps import sweep
 from ..sweeps.specs import METRICS, load_prompts, metric_from_spec, variants_from_spec
 from . import common
-from .common import add_model_flags, deprecated
+from .common import add_model_flags, deprecated, scope_flag
 
 
 def add_parser(sub) -> None:
@@ -68,18 +67,6 @@ def add_parser(sub) -> None:
     p.set_defaults(fn=run)
 
 
-def scope_of(args) -> Scope:
-    """--scope, or the deprecated --positions (p -> from:p) with a warning."""
-    if args.positions is None:
-        return Scope.parse(args.scope or "all")
-    if args.scope is not None:
-        raise ValueError("give --scope only (--positions is its deprecated old name)")
-    new = Scope.from_token(int(args.positions)) if args.positions.isdigit() else \
-        Scope.parse(args.positions)
-    deprecated("sweep", f"--positions {args.positions}", f"--scope {new}")
-    return new
-
-
 def scale_of(args) -> str:
     """--scale, or the deprecated --rms with a warning."""
     if not args.rms:
@@ -98,7 +85,7 @@ def _floats(spec: str, what: str) -> list[float]:
 
 
 def run(args) -> int:
-    scope, scale = scope_of(args), scale_of(args)
+    scope, scale = scope_flag(args, "sweep", int_means="from"), scale_of(args)
     alphas = _floats(args.alphas, "--alphas")
     model = common.load(args)
     directions = functools.cache(lambda: default_directions(model, args.directions,

@@ -5,7 +5,7 @@ The judge is independent of the model under study: a frozen sentence encoder
 non-pad tokens, then L2 normalisation) and a linear head [6, 384] + bias fit as a
 multinomial logistic regression. Everything runs locally; nothing is downloaded.
 
-    from emofast.judge import EmotionJudge
+    from emofast.eval import EmotionJudge
     judge = EmotionJudge.load()                    # shipped head, CPU
     judge.predict(["How dare you treat me like this?"])   # ['anger']
     judge.probs(texts)                                    # [N, 6], columns in judge.labels order

@@ -17,6 +17,8 @@ emofast runs interventions, so "the last k positions" are every row's real last 
 from __future__ import annotations
 
 import abc
+import dataclasses
+import hashlib
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import ClassVar
@@ -45,6 +47,11 @@ class Intervention(abc.ABC):
     @abc.abstractmethod
     def hooks(self, model) -> AbstractContextManager[None]:
         """Install it for one forward (batch rows = its rows); removed on exit."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict:
+        """JSON that names it exactly (results files, resume fingerprints): its kind, scope,
+        rows and a digest of everything that changes what it does."""
 
 
 def check_intervention(iv, where: str) -> Intervention | None:
@@ -76,3 +83,36 @@ class PerRow(Intervention):
 
     def is_identity(self) -> bool:
         return not bool((self.alpha != 0).any())
+
+    def describe(self) -> dict:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {"intervention": type(self).__name__, "scope": str(self.scope),
+                "rows": self.n_rows(), "sha1": digest(fields)}
+
+
+def digest(obj) -> str:
+    """sha1 of a value made of tensors, dataclasses, NamedTuples, mappings, sequences and scalars:
+    equal digests mean equal values (tensors by dtype, shape and bytes)."""
+    h = hashlib.sha1()
+
+    def feed(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            feed({f.name: getattr(x, f.name) for f in dataclasses.fields(x)})
+        elif isinstance(x, tuple) and hasattr(x, "_asdict"):
+            feed(x._asdict())
+        elif isinstance(x, dict):
+            for k in sorted(x, key=str):
+                h.update(f"K{k!r}".encode())
+                feed(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(f"L{len(x)}".encode())
+            for v in x:
+                feed(v)
+        else:
+            h.update(f"V{type(x).__name__}{x!r}".encode())
+    feed(obj)
+    return h.hexdigest()[:16]

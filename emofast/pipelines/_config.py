@@ -8,6 +8,8 @@ choices, a `__post_init__` that raises on invalid combinations and `full()` buil
 from __future__ import annotations
 
 import dataclasses
+import time
+from pathlib import Path
 from typing import Any
 
 
@@ -29,3 +31,10 @@ def positive(config, *names: str) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def report_folder(out: str | Path) -> tuple[float, Path]:
+    """(start time, the folder) for a pipeline that writes `out`, created if need be."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return time.perf_counter(), out

@@ -30,7 +30,7 @@ from ..eval.circuit_control import CONDITIONS, ControlComparison, compare_contro
 from ..eval.control import FULL_GRID, QUICK_GRID
 from ..interventions import Circuit
 from ..models import Model
-from ._config import option, positive, preset_name
+from ._config import option, positive, preset_name, report_folder
 
 
 @dataclass
@@ -132,8 +132,7 @@ def run_circuits(model: Model, config: CircuitsConfig | None = None,
                  out: str | Path = "emofast-circuits", *, progress: bool = True
                  ) -> CircuitsResult:
     """Every stage of the module docstring; writes the report folder `out`."""
-    start, out = time.perf_counter(), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    start, out = report_folder(out)
     cfg = config or CircuitsConfig()
     judge = EmotionJudge.load()
     train = load_skeletons("sev6", split="train")

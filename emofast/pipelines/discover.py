@@ -26,7 +26,7 @@ from ..analysis import default_directions
 from ..data import EMOTIONS6, load_skeletons
 from ..discovery import EmotionDiscovery, discover_emotion, emotion_metrics, importance_prompts
 from ..models import Model
-from ._config import option, positive, preset_name
+from ._config import option, positive, preset_name, report_folder
 
 METRIC = ("LogitDiff(emotion's feeling words, other emotions' words) after 'I feel', at the "
           "next token; effects are ablated - clean")
@@ -74,8 +74,7 @@ def run_discover(model: Model, config: DiscoverConfig | None = None,
                  out: str | Path = "emofast-discover", *, progress: bool = True
                  ) -> DiscoverResult:
     """The whole discovery report (module docstring)."""
-    start, out = time.perf_counter(), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    start, out = report_folder(out)
     cfg = config or DiscoverConfig()
     skeletons = load_skeletons("sev6", split="train")[:cfg.n_skeletons]
     prompts = importance_prompts(model, skeletons, emotions=cfg.emotions)

@@ -50,14 +50,14 @@ def fingerprint(model, prompts: Sequence[str], variants: Sequence[tuple], metric
 
 
 def edit_json(e) -> dict:
-    """An Edit, an Add or another Intervention (by its repr) as JSON, for the fingerprint."""
+    """An Edit, an Add or another Intervention (`describe()`) as JSON, for the fingerprint."""
     if isinstance(e, Edit):
         return {"layer": e.layer, "site": e.site, "units": list(e.units), "mode": e.mode,
                 "pos_start": e.pos_start}
     if isinstance(e, Add):
         return {"layer": e.layer, "site": e.site, "units": [e.entry], "mode": "steer",
                 "pos_start": e.pos_start}
-    return {"intervention": repr(e)}
+    return e.describe()
 
 
 class SweepStore:
@@ -103,7 +103,7 @@ def write_results(out: str | os.PathLike, result, variants: Sequence[tuple], met
     over prompts; a multi-unit edit lists one entry per unit. A Steer is listed as site
     "resid_post", mode "steer", unit k = row k of results.safetensors "steer_vectors" [K,
     d_model], with its "alpha", "scale", "rms" (scale == "rms") and "label"; another
-    Intervention as {"intervention": its repr}. "scope" spells the scope ("all", "last",
+    Intervention as its `describe()`: {"intervention": "Steering", "scope", "rows", "sha1"}. "scope" spells the scope ("all", "last",
     "from:p"); "positions" is the same in the older form ("all", "last", p)."""
     out = Path(out)
     tensors = {"values": result.values.contiguous(), "per_prompt": result.per_prompt.contiguous()}

@@ -1,4 +1,4 @@
-"""emofast.directions against planted directions and hand computations."""
+"""emofast.analysis.directions against planted directions and hand computations."""
 
 import json
 import math

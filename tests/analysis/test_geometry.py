@@ -1,4 +1,4 @@
-"""emofast.geometry against hand-built subspaces and planted maps."""
+"""emofast.analysis.geometry against hand-built subspaces and planted maps."""
 
 import math
 

@@ -7,6 +7,7 @@ import torch
 
 from emofast.kernels import cpp
 from emofast.kernels.ops.steer_add import steer_add, steer_add_reference
+from row_edit_cases import shared_bad
 
 HAS_CPP = cpp.has("steer_add")
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="emofast._C (C++ extension) not built")
@@ -127,12 +128,7 @@ def test_inplace_non_contiguous(impl):
     torch.testing.assert_close(h, want)
 
 
-BAD = [  # (overrides of the good call, error fragment)
-    (dict(h=torch.randn(2, 8)), r"h must be a \[B, T, d_model\]"),
-    (dict(h=torch.randn(2, 3, 8, dtype=torch.float64)), "float32, bfloat16 or float16"),
-    (dict(row_variant=torch.zeros(3, dtype=torch.long)), r"row_variant must be \[B\] = \[2\]"),
-    (dict(row_variant=torch.zeros(2)), "row_variant must be int32 or int64"),
-    (dict(row_variant=torch.tensor([0, 2])), r"row_variant values .* \[0, V = 2\)"),
+BAD = shared_bad("h", "[B, T, d_model]") + [  # (overrides, error fragment)
     (dict(directions=torch.randn(2, 7)), r"directions must be \[V, d_model\] with d_model = 8"),
     (dict(directions=torch.ones(2, 8, dtype=torch.long)), "directions must be floating point"),
     (dict(alpha=torch.ones(3)), r"alpha must be a float \[B\] = \[2\] tensor"),
@@ -140,8 +136,6 @@ BAD = [  # (overrides of the good call, error fragment)
     (dict(alpha="strong"), "alpha must be a float"),
     (dict(rms=1), "rms must be a bool"),
     (dict(scale="log"), "scale must be 'abs' or 'rms'"),
-    (dict(pos_start=torch.tensor([0, 4])), r"pos_start values must lie in \[0, T = 3\]"),
-    (dict(pos_start=torch.zeros(2)), "pos_start must be int32 or int64"),
     (dict(directions=torch.randn(2, 8, device="meta")), "directions is on meta"),
 ]
 
@@ -199,3 +193,12 @@ def test_impl_asked_for_by_name(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         steer_add(h, rv, dirs, 1.0, impl="triton")
+
+
+def test_old_rms_spelling_warns_and_gives_the_same():
+    g = torch.Generator().manual_seed(2)
+    h, dirs = torch.randn(2, 3, 8, generator=g), torch.randn(1, 8, generator=g)
+    rv = torch.tensor([0, -1])
+    with pytest.warns(DeprecationWarning, match=r"steer_add\(rms=True\) is deprecated"):
+        old = steer_add(h, rv, dirs, 1.5, rms=True)
+    assert torch.equal(old, steer_add(h, rv, dirs, 1.5, scale="rms"))

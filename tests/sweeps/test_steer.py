@@ -173,3 +173,16 @@ def test_steer_grid_needs_resid_post_directions():
     v = torch.ones(1, 1, 4) / 2
     with pytest.raises(ValueError, match="read at 'mlp_out': extract them at resid_post"):
         steer_grid(EmotionDirections(v, ["joy"], [0], site="mlp_out"), "joy", [0], [1.0])
+
+
+def test_old_rms_spelling_warns_and_gives_the_same():
+    v = torch.ones(4)
+    with pytest.warns(DeprecationWarning, match=r"Steer\(rms=True\) is deprecated: use scale='rms'"):
+        old = Steer(0, v, 2.0, rms=True)
+    with pytest.warns(DeprecationWarning, match="use scale='rms'"):
+        positional = Steer(0, v, 2.0, True)          # the old fourth positional argument
+    assert old.scale == positional.scale == "rms" and old.rms
+    dirs = EmotionDirections(torch.ones(1, 1, 4) / 2, ["joy"], [0])
+    with pytest.warns(DeprecationWarning, match=r"steer_grid\(rms=True\)"):
+        [[grid]] = steer_grid(dirs, "joy", [0], [1.0], rms=True)
+    assert grid.scale == "rms"

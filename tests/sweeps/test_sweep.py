@@ -127,3 +127,15 @@ def test_metric_errors(tiny_llama):
         sweep(tiny_llama, PROMPTS, [[]], "kl", progress=False)
     with pytest.raises(ValueError, match="prompt"):
         sweep(tiny_llama, [], [[]], KL(), progress=False)
+
+
+def test_old_positions_spelling_warns_and_gives_the_same(tiny_llama):
+    """positions= (an int p: real tokens >= p) keeps working for one release."""
+    variants = [[Edit(0, "mlp_act", [1, 2])], [Edit(1, "attn_z", [0])]]
+    new = sweep(tiny_llama, PROMPTS, variants, KL(), scope="from:2", progress=False)
+    with pytest.warns(DeprecationWarning, match=r"sweep\(positions=2\) is deprecated: use "
+                                                r"scope='from:2'"):
+        old = sweep(tiny_llama, PROMPTS, variants, KL(), positions=2, progress=False)
+    assert torch.equal(new.per_prompt, old.per_prompt)
+    with pytest.raises(ValueError, match="give scope= only"):
+        sweep(tiny_llama, PROMPTS, variants, KL(), positions=2, scope="all", progress=False)

@@ -9,6 +9,14 @@ import triton.language as tl
 
 
 @triton.jit
+def _token_block(d_model, BLOCK_D: tl.constexpr):
+    """(token n, its output columns [BLOCK_D] int64, in-range mask) of this program."""
+    n = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return n, cols, cols < d_model
+
+
+@triton.jit
 def _sae_decode_fwd_kernel(
     idx_ptr,  # [N, k] int32 / int64
     val_ptr,  # [N, k]
@@ -23,9 +31,7 @@ def _sae_decode_fwd_kernel(
 ):
     # one program = one token x one block of BLOCK_D output columns; the k rows come in
     # [BLOCK_K, BLOCK_D] tiles so many row loads are in flight at once
-    n = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_mask = cols < d_model
+    n, cols, col_mask = _token_block(d_model, BLOCK_D)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
@@ -56,9 +62,7 @@ def _sae_decode_bwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     # same tiling as the forward: grad_out[n, block] is read once and serves both gradients
-    n = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_mask = cols < d_model
+    n, cols, col_mask = _token_block(d_model, BLOCK_D)
     g = tl.load(grad_ptr + n * d_model + cols, mask=col_mask, other=0.0).to(tl.float32)
     for k0 in range(0, k, BLOCK_K):
         js = k0 + tl.arange(0, BLOCK_K)

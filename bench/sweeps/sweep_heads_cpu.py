@@ -1,6 +1,6 @@
 """All 270 SmolLM2 heads (30 layers x 9) on CPU: engine="batched" against engine="loop", same run.
 
-    .venv/bin/python bench/sweep_heads_cpu.py [--threads N] [--out bench/results/sweep_heads_cpu.json]
+    .venv/bin/python bench/sweeps/sweep_heads_cpu.py [--threads N] [--out bench/results/sweep_heads_cpu.json]
 
 Three workloads, each against the exact all-heads loop on the same prompts and batch:
 1. all-position zero ablation of each head, KL(clean || edited) at the last token;
@@ -20,9 +20,7 @@ from pathlib import Path
 import torch
 
 import emofast as ef
-from emofast.discover import attribution_screen, verify_top
-from emofast.planner import Edit
-from emofast.sweep import KL, LogProb, sweep
+from emofast import KL, Edit, LogProb, attribution_screen, sweep, verify_top
 
 PROMPTS = ["I can't believe they cancelled my flight again. I feel so",
            "Thank you for the lovely flowers! I feel so",
@@ -50,13 +48,13 @@ def main() -> None:
              for h in range(model.n_heads)]
     kw = dict(batch_size=len(PROMPTS), progress=False)
     rows = []
-    for positions in ("all", "last"):
+    for scope in ("all", "last"):
         loop, t_loop = timed(lambda: sweep(model, PROMPTS, heads, KL(), engine="loop",
-                                           positions=positions, **kw))
+                                           scope=scope, **kw))
         fast, t_fast = timed(lambda: sweep(model, PROMPTS, heads, KL(), engine="batched",
-                                           positions=positions, **kw))
+                                           scope=scope, **kw))
         diff = (fast.per_prompt - loop.per_prompt).abs().max().item()
-        rows.append({"workload": f"{len(heads)} heads, positions={positions}, KL",
+        rows.append({"workload": f"{len(heads)} heads, positions={scope}, KL",
                      "loop_s": t_loop, "batched_s": t_fast, "ratio": t_loop / t_fast,
                      "max_abs_diff": diff, "metric_scale": loop.per_prompt.abs().max().item()})
         print(json.dumps(rows[-1]), flush=True)
@@ -64,11 +62,11 @@ def main() -> None:
     ids = [model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in EMOTION_WORDS]
     metric = LogProb(sorted(set(ids)))
     exact, t_loop = timed(lambda: sweep(model, PROMPTS, [[]] + heads, metric, engine="loop",
-                                        positions="all", **kw))
+                                        scope="all", **kw))
     effect = exact.values[1:] - exact.values[0]                       # [270]
 
     def discover():
-        attr = attribution_screen(model, PROMPTS, metric, sites=("attn_z",), positions="all",
+        attr = attribution_screen(model, PROMPTS, metric, sites=("attn_z",), scope="all",
                                   batch_size=len(PROMPTS))
         return verify_top(model, PROMPTS, attr, metric, k=32, kind="heads", batch_size=len(PROMPTS))
     check, t_disc = timed(discover)

@@ -1,6 +1,6 @@
 """CPU benchmark: the sae_decode C++ op against the torch reference (the baseline).
 
-    .venv/bin/python -m pytest bench/bench_sae_decode.py --benchmark-only -q
+    .venv/bin/python -m pytest bench/kernels/bench_sae_decode.py --benchmark-only -q
 
 SmolLM2-135M SAE shapes: d_model 576, d_sae 4608 (8x), k 32 active latents, N 512 tokens.
 The reference is F.embedding_bag with per-sample weights (sparsify's eager decode; on CPU it runs
@@ -14,13 +14,11 @@ import functools
 import pytest
 import torch
 
-from emofast.kernels._dispatch import cpp_ops
-from emofast.kernels.sae_decode import sae_decode, sae_decode_reference
+from emofast.kernels.ops.sae_decode import sae_decode, sae_decode_reference
+from faces import faces
 
 N, K, D_MODEL, D_SAE = 512, 32, 576, 4608
-HAS_CPP = cpp_ops() is not None and hasattr(cpp_ops(), "sae_decode")
-IMPLS = [pytest.param("cpp", marks=pytest.mark.skipif(not HAS_CPP, reason="emofast._C not built")),
-         "torch"]
+IMPLS = faces("sae_decode")
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 """CPU benchmark: the sae_encode C++ op against the torch reference (the baseline).
 
-    .venv/bin/python -m pytest bench/bench_sae_encode.py --benchmark-only -q
+    .venv/bin/python -m pytest bench/kernels/bench_sae_encode.py --benchmark-only -q
 
 SmolLM2-135M SAE shapes: d_model 576, d_sae 4608 (8x), N 512 tokens, fp32, b_dec given.
 relu and jumprelu (dense [N, d_sae] out) and topk with k 32 (EncoderOutput). Both faces run the
@@ -14,13 +14,11 @@ import functools
 import pytest
 import torch
 
-from emofast.kernels._dispatch import cpp_ops
-from emofast.kernels.sae_encode import sae_encode, sae_encode_reference
+from emofast.kernels.ops.sae_encode import sae_encode, sae_encode_reference
+from faces import faces
 
 N, K, D_MODEL, D_SAE = 512, 32, 576, 4608
-HAS_CPP = cpp_ops() is not None and hasattr(cpp_ops(), "sae_encode")
-IMPLS = [pytest.param("cpp", marks=pytest.mark.skipif(not HAS_CPP, reason="emofast._C not built")),
-         "torch"]
+IMPLS = faces("sae_encode")
 CASES = {"relu": {}, "jumprelu": {}, "topk": dict(k=K)}
 
 

@@ -1,7 +1,7 @@
 """CUDA: the paper's head-ablation workload on a random model with Llama-3.2-3B's shape.
 
-    .venv/bin/python bench/gpu_sweeps.py [--prompts 16] [--tokens 80] [--out bench/results/gpu_sweeps.json]
-    .venv/bin/python bench/gpu_sweeps.py --smoke     # a 2-layer model on CPU: checks the script
+    python bench/sweeps/gpu_sweeps.py [--prompts 16] [--tokens 80] [--out bench/results/gpu_sweeps.json]
+    python bench/sweeps/gpu_sweeps.py --smoke     # a 2-layer model on CPU: checks the script
 
 Model: LlamaForCausalLM, randomly initialised, bf16: 28 layers, 24 heads (8 KV heads), d_model
 3072, d_mlp 8192, vocab 128256. Workload: all 672 heads zero-ablated one at a time, KL at the
@@ -9,20 +9,23 @@ last token, prompts of --tokens random tokens. For positions "all" and "last": e
 (the baseline) and engine="batched" in the same process, variants/s, the ratio, and the FLOP
 rate of the work the batched engine executes (layers >= each variant's layer, positions >= its
 first edited position, the last position's unembedding) against a bf16 GEMM ceiling measured
-here (8192^3 matmul). Targets (issue 4): all >= 2.5x, last >= 20x, >= 50% of the ceiling.
+here (8192^3 matmul, bench/timing.py). Targets (issue 4): all >= 2.5x, last >= 20x, >= 50% of
+the ceiling. `bench/gpu_check.py` runs `run()`.
 """
 import argparse
 import json
+import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from emofast.models import Model
-from emofast.planner import Edit
-from emofast.sweep import KL, sweep
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parents[1])]
+from emofast.models import Model  # noqa: E402
+from emofast.sweeps import KL, Edit, sweep  # noqa: E402
+from timing import ceilings  # noqa: E402
 
 SHAPE = dict(num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
              hidden_size=3072, intermediate_size=8192, vocab_size=128256, head_dim=128,
@@ -31,20 +34,6 @@ SHAPE = dict(num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8
 
 SMOKE = dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
              intermediate_size=128, vocab_size=1000, head_dim=16)
-
-
-def gemm_ceiling(n: int = 8192, reps: int = 20) -> float:
-    """Achieved bf16 TFLOP/s of an n x n x n matmul."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12
 
 
 def layer_flops_per_token(cfg, context: int) -> float:
@@ -77,6 +66,44 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
+def run(device: str = "cuda", small: bool = False, n_prompts: int = 16, tokens: int = 80,
+        ceiling_tflops: float | None = None) -> dict:
+    """{"model", "n_prompts", "tokens", "n_variants", "rows"}: per scope (all, last) the loop
+    and batched times on the same model and prompts, their ratio and largest difference, and
+    the batched engine's FLOP rate against a bf16 GEMM ceiling measured here."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**({**SHAPE, **SMOKE} if small else SHAPE))
+    dtype = torch.float32 if small else torch.bfloat16
+    with torch.device(device):                   # initialise on the device: seconds, not minutes
+        hf = LlamaForCausalLM(cfg)
+    hf = hf.to(dtype).eval()
+    model = Model(hf, _digit_tokenizer(), "random-llama-3.2-3b-shape")
+    # prompts of exactly `tokens` tokens: space-separated digits, one token each
+    g = torch.Generator().manual_seed(1)
+    prompts = [" ".join(str(d) for d in torch.randint(0, 10, (tokens,), generator=g).tolist())
+               for _ in range(n_prompts)]
+    variants = [[Edit(layer, "attn_z", [h])] for layer in range(cfg.num_hidden_layers)
+                for h in range(cfg.num_attention_heads)]
+    ceiling = float("nan") if small else (ceiling_tflops or ceilings(device)["matmul_TFLOP_s"])
+    rows = []
+    for scope in ("all", "last"):
+        kw = dict(scope=scope, batch_size=n_prompts, progress=False)
+        sweep(model, prompts, variants[:4], KL(), engine="batched", **kw)        # warm up
+        loop, t_loop = timed(lambda: sweep(model, prompts, variants, KL(), engine="loop", **kw))
+        fast, t_fast = timed(lambda: sweep(model, prompts, variants, KL(), engine="batched", **kw))
+        flops = executed_flops(cfg, variants, n_prompts, tokens, scope == "last")
+        rows.append({
+            "positions": scope, "loop_s": t_loop, "batched_s": t_fast,
+            "ratio": t_loop / t_fast, "variants_per_s": len(variants) / t_fast,
+            "batched_tflops": flops / t_fast / 1e12, "gemm_ceiling_tflops": ceiling,
+            "fraction_of_ceiling": flops / t_fast / 1e12 / ceiling,
+            "max_abs_diff": (fast.per_prompt - loop.per_prompt).abs().max().item()})
+    return {"model": "random Llama-3.2-3B shape, " + str(dtype).replace("torch.", ""),
+            "n_prompts": n_prompts, "tokens": tokens, "n_variants": len(variants), "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=16)
@@ -84,46 +111,24 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/gpu_sweeps.json")
     ap.add_argument("--smoke", action="store_true", help="tiny model on CPU, nothing written")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    shape = SHAPE if not args.smoke else {**SHAPE, **SMOKE}
-    cfg = LlamaConfig(**shape)
-    dev, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
-    hf = LlamaForCausalLM(cfg).to(dev, dtype).eval()
-    model = Model(hf, _digit_tokenizer(), "random-llama-3.2-3b-shape")
-    # prompts of exactly --tokens tokens: space-separated digits, one token each
-    g = torch.Generator().manual_seed(1)
-    prompts = [" ".join(str(d) for d in torch.randint(0, 10, (args.tokens,), generator=g).tolist())
-               for _ in range(args.prompts)]
-    variants = [[Edit(layer, "attn_z", [h])] for layer in range(cfg.num_hidden_layers)
-                for h in range(cfg.num_attention_heads)]
-    ceiling = float("nan") if args.smoke else gemm_ceiling()
-    rows = []
-    for positions in ("all", "last"):
-        kw = dict(positions=positions, batch_size=args.prompts, progress=False)
-        sweep(model, prompts, variants[:4], KL(), engine="batched", **kw)        # warm up
-        loop, t_loop = timed(lambda: sweep(model, prompts, variants, KL(), engine="loop", **kw))
-        fast, t_fast = timed(lambda: sweep(model, prompts, variants, KL(), engine="batched", **kw))
-        flops = executed_flops(cfg, variants, args.prompts, args.tokens, positions == "last")
-        rows.append({
-            "positions": positions, "loop_s": t_loop, "batched_s": t_fast,
-            "ratio": t_loop / t_fast, "variants_per_s": len(variants) / t_fast,
-            "batched_tflops": flops / t_fast / 1e12, "gemm_ceiling_tflops": ceiling,
-            "fraction_of_ceiling": flops / t_fast / 1e12 / ceiling,
-            "max_abs_diff": (fast.per_prompt - loop.per_prompt).abs().max().item()})
-        print(json.dumps(rows[-1]), flush=True)
+    if args.smoke:
+        result = run("cpu", small=True, n_prompts=3, tokens=6)
+    else:
+        result = run("cuda", n_prompts=args.prompts, tokens=args.tokens)
+    for row in result["rows"]:
+        print(json.dumps(row), flush=True)
     if args.smoke:
         return
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "date": date.today().isoformat(), "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__, "model": "random Llama-3.2-3B shape, bf16",
-        "n_prompts": args.prompts, "tokens": args.tokens, "n_variants": len(variants),
-        "rows": rows}, indent=1))
+        "torch": torch.__version__, **result}, indent=1))
 
 
 def _digit_tokenizer():
     """A word-level tokenizer with one token per digit (no download needed)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, **{str(d): d + 1 for d in range(10)}}
     t = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))

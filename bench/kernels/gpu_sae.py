@@ -1,10 +1,8 @@
 """GPU timings of sae_decode and sae_encode (Triton) against the torch baselines.
 
-Wired into bench/gpu_kernels.py; alone:
-    python -c "import torch; from bench.gpu_kernels_sae import bench_sae_ops as b; \
-               print(b('cuda', torch.bfloat16))"
+Wired into bench/kernels/gpu_kernels.py and bench/gpu_check.py.
 
-Shapes: d_model 4096, d_sae 65536 (16x), k 64, 8192 tokens. Each row is
+Shapes (GPU): d_model 4096, d_sae 65536 (16x), k 64, 8192 tokens; `small`: the smoke run's. Each row is
 {op, impl, ms, GB_s or TFLOP_s, baseline, ratio_vs_baseline} with ratio = baseline ms / ms (> 1:
 faster than the baseline measured in the same run).
   sae_decode:  bytes = the k used rows of W_dec per token + indices (int64) and values + output;
@@ -20,11 +18,11 @@ faster than the baseline measured in the same run).
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-N, D_MODEL, D_SAE, K = 8192, 4096, 65536, 64
+from timing import median_ms
+
+GPU_SHAPE, SMALL_SHAPE = (8192, 4096, 65536, 64), (16, 48, 160, 2)   # N, d_model, d_sae, k
 
 
 def _row(op, impl, ms, baseline, baseline_ms, *, nbytes=None, flops=None) -> dict:
@@ -37,16 +35,17 @@ def _row(op, impl, ms, baseline, baseline_ms, *, nbytes=None, flops=None) -> dic
     return row
 
 
-def _time_all(fns: dict) -> dict:
-    from triton.testing import do_bench
-
-    return {name: do_bench(fn) for name, fn in fns.items()}
+def _time_all(fns: dict, device) -> dict:
+    return {name: median_ms(fn, device) for name, fn in fns.items()}
 
 
-def _bench_decode(device, dtype, g) -> list[dict]:
+def _bench_decode(device, dtype, g, shape) -> list[dict]:
     import torch.nn.functional as F
 
-    from emofast.kernels.sae_decode import _decode_fwd_triton, sae_decode, sae_decode_reference
+    from emofast.kernels import sae_decode, sae_decode_reference
+    from emofast.kernels.triton.sae_decode import _decode_fwd_triton
+
+    N, D_MODEL, D_SAE, K = shape
 
     elem = torch.finfo(dtype).bits // 8
     indices = torch.randint(0, D_SAE, (N, K), generator=g).to(device)          # [N, k]
@@ -65,7 +64,7 @@ def _bench_decode(device, dtype, g) -> list[dict]:
         "triton-kernel": lambda: _decode_fwd_triton(indices, values, W_dec, b_dec),
     }
     nbytes = N * K * D_MODEL * elem + N * K * (8 + elem) + N * D_MODEL * elem
-    ms = _time_all(fwd)
+    ms = _time_all(fwd, device)
     out = [_row("sae_decode", impl, t, "dense", ms["dense"], nbytes=nbytes)
            for impl, t in ms.items()]
 
@@ -80,7 +79,7 @@ def _bench_decode(device, dtype, g) -> list[dict]:
                                                          mode="sum")),
         "triton": fwd_bwd(lambda: sae_decode(indices, v, W, impl="triton")),
     }
-    ms = _time_all(bwd)
+    ms = _time_all(bwd, device)
     # forward bytes, plus backward: grad_out, the k rows again, grad_values and the used rows of
     # grad_W_dec (fp32 read-modify-write)
     nbytes_fb = nbytes + N * D_MODEL * elem + N * K * D_MODEL * (elem + 8) + N * K * elem
@@ -89,49 +88,54 @@ def _bench_decode(device, dtype, g) -> list[dict]:
     return out
 
 
-def _bench_encode(device, dtype, g) -> list[dict]:
-    mod = importlib.import_module("emofast.kernels.sae_encode")  # (the function shadows it)
+def _bench_encode(device, dtype, g, shape) -> list[dict]:
+    import emofast.kernels.triton.sae_encode as triton_face
+    from emofast.kernels import sae_encode, sae_encode_reference
+
+    N, D_MODEL, D_SAE, K = shape
 
     x = torch.randn(N, D_MODEL, generator=g).to(device, dtype)                  # [N, d_model]
     W_enc = (torch.randn(D_MODEL, D_SAE, generator=g) / D_MODEL**0.5).to(device, dtype)
     b_enc = (torch.randn(D_SAE, generator=g) * 0.1).to(device, dtype)
     b_dec = (torch.randn(D_MODEL, generator=g) * 0.1).to(device, dtype)
     flops = 2 * N * D_MODEL * D_SAE
-    ms_gemm = _time_all({"gemm": lambda: x @ W_enc})["gemm"]
+    ms_gemm = _time_all({"gemm": lambda: x @ W_enc}, device)["gemm"]
     out = [_row("sae_encode", "gemm", ms_gemm, "gemm", ms_gemm, flops=flops)]
 
     relu = {
-        "torch": lambda: mod.sae_encode_reference(x, W_enc, b_enc, activation="relu",
+        "torch": lambda: sae_encode_reference(x, W_enc, b_enc, activation="relu",
                                                   b_dec=b_dec),
-        "triton": lambda: mod.sae_encode(x, W_enc, b_enc, activation="relu", b_dec=b_dec,
+        "triton": lambda: sae_encode(x, W_enc, b_enc, activation="relu", b_dec=b_dec,
                                          impl="triton"),
     }
     out += [_row("sae_encode[relu]", impl, t, "gemm", ms_gemm, flops=flops)
-            for impl, t in _time_all(relu).items()]
+            for impl, t in _time_all(relu, device).items()]
 
     def topk():
-        return mod.sae_encode(x, W_enc, b_enc, activation="topk", k=K, b_dec=b_dec,
+        return sae_encode(x, W_enc, b_enc, activation="topk", k=K, b_dec=b_dec,
                               impl="triton")
 
-    ms = _time_all({"torch": lambda: mod.sae_encode_reference(x, W_enc, b_enc, activation="topk",
+    ms = _time_all({"torch": lambda: sae_encode_reference(x, W_enc, b_enc, activation="topk",
                                                               k=K, b_dec=b_dec),
-                    "triton": topk})
-    saved = mod.TOPK_MODE
+                    "triton": topk}, device)
+    saved = triton_face.TOPK_MODE
     try:
-        mod.TOPK_MODE = "tile"
-        ms.update(_time_all({"triton-tile": topk}))
+        triton_face.TOPK_MODE = "tile"
+        ms.update(_time_all({"triton-tile": topk}, device))
     finally:
-        mod.TOPK_MODE = saved
+        triton_face.TOPK_MODE = saved
     out += [_row(f"sae_encode[topk k={K}]", impl, t, "gemm", ms_gemm, flops=flops)
             for impl, t in ms.items()]
     return out
 
 
-def bench_sae_ops(device: str | torch.device = "cuda",
-                  dtype: torch.dtype = torch.bfloat16) -> list[dict]:
+def bench_sae_ops(device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16,
+                  small: bool = False) -> list[dict]:
     """Time sae_decode and sae_encode against their baselines; one row per op x impl."""
     g = torch.Generator().manual_seed(0)
-    rows = _bench_decode(device, dtype, g)
-    torch.cuda.empty_cache()
-    rows += _bench_encode(device, dtype, g)
+    shape = SMALL_SHAPE if small else GPU_SHAPE
+    rows = _bench_decode(device, dtype, g, shape)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    rows += _bench_encode(device, dtype, g, shape)
     return rows

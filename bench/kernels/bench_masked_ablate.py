@@ -1,6 +1,6 @@
 """CPU benchmark: the masked_ablate C++ op against the vectorised torch reference (the baseline).
 
-    .venv/bin/python -m pytest bench/bench_masked_ablate.py --benchmark-only -q
+    .venv/bin/python -m pytest bench/kernels/bench_masked_ablate.py --benchmark-only -q
 
 SmolLM2-135M shapes: MLP activations (d_mlp 1536, neuron-level, group 1) and attention z
 (H 9 x d_head 64 = 576, head-level, group 64); B=64 rows, T=32 positions, V=64 variants, fp32
@@ -13,8 +13,8 @@ import functools
 import pytest
 import torch
 
-from emofast.kernels._dispatch import cpp_ops
-from emofast.kernels.masked_ablate import masked_ablate, masked_ablate_reference
+from emofast.kernels.ops.masked_ablate import masked_ablate, masked_ablate_reference
+from faces import faces, run_face
 
 B, T, V = 64, 32, 64
 CASES = {  # name: (W, group, mode, dtype)
@@ -23,7 +23,6 @@ CASES = {  # name: (W, group, mode, dtype)
     "heads-patch": (576, 64, "patch", torch.float32),
     "mlp-mean-bf16": (1536, 1, "mean", torch.bfloat16),
 }
-HAS_CPP = cpp_ops() is not None and hasattr(cpp_ops(), "masked_ablate")
 
 
 @functools.cache
@@ -44,14 +43,9 @@ def inputs(case: str):
     return (x, row_variant, mask), kw
 
 
-@pytest.mark.parametrize("impl", [pytest.param("cpp", marks=pytest.mark.skipif(
-    not HAS_CPP, reason="emofast._C not built")), "torch"])
+@pytest.mark.parametrize("impl", faces("masked_ablate"))
 @pytest.mark.parametrize("case", list(CASES))
 def test_masked_ablate(benchmark, case, impl):
-    benchmark.group = f"masked_ablate {case} B={B} T={T} V={V}"
-    args, kw = inputs(case)
-    if impl == "torch":
-        out = benchmark(masked_ablate_reference, *args, **kw)
-    else:
-        out = benchmark(masked_ablate, *args, impl="cpp", **kw)
-    torch.testing.assert_close(out, masked_ablate_reference(*args, **kw), atol=0, rtol=0)
+    out, want = run_face(benchmark, f"masked_ablate {case} B={B} T={T} V={V}", impl,
+                         masked_ablate, masked_ablate_reference, *inputs(case))
+    torch.testing.assert_close(out, want, atol=0, rtol=0)
