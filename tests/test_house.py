@@ -204,3 +204,22 @@ def test_oversized_code_is_found(tmp_path):
                             "models.py": "def g():\n" + "    x = 1\n" * 79})
     assert sizes(root) == ["emofast/sites.py: 481 lines (max 400)",
                            "emofast/sites.py: f is 81 lines (max 80)"]
+
+
+def test_no_module_is_shadowed_by_a_name_of_its_package():
+    """`import emofast.x.y as m` must give the module: no package exports a function or class
+    under the name of one of its own modules."""
+    import importlib
+    import pkgutil
+
+    import emofast
+
+    shadowed = []
+    for info in pkgutil.walk_packages(emofast.__path__, "emofast."):
+        if info.name.endswith("._C"):
+            continue
+        module = importlib.import_module(info.name)
+        parent, _, name = info.name.rpartition(".")
+        if getattr(importlib.import_module(parent), name) is not module:
+            shadowed.append(info.name)
+    assert shadowed == []

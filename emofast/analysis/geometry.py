@@ -11,7 +11,7 @@
     dirs_x = EmotionDirections.load("x").at_layer(12)      # [E, d1]
     dirs_y = EmotionDirections.load("y").at_layer(20)      # [E, d2]
     report = cross_model_alignment(neutral_x, neutral_y, dirs_x, dirs_y)
-    report["procrustes"]["overlap_after"]
+    report.procrustes.overlap_after
 
 Subspaces are given as row stacks [k, d]; rows need not be orthonormal (they are
 orthonormalised). Pure tensor math in fp32. Vocabulary: N (rows), E (emotions), k (subspace
@@ -137,9 +137,27 @@ def fit_alignment(X: Tensor, Y: Tensor, method: Literal["lstsq", "procrustes"] =
     return Alignment(matrix, x_mean, y_mean, method)
 
 
+class AlignmentStats(NamedTuple):
+    """How well one alignment method maps X's emotion subspace onto Y's."""
+
+    overlap_before: float | None  # subspace_overlap of the raw top-k subspaces; None if d1 != d2
+    overlap_after: float  # subspace_overlap of the mapped dirs_X subspace and dirs_Y's
+    cosine_after: list[float]  # [E] cosine of each mapped direction with Y's, emotion order
+    chance: float  # k / d2, the expected overlap of two random k-dim subspaces of R^d2
+
+
+class CrossModelAlignment(NamedTuple):
+    lstsq: AlignmentStats
+    procrustes: AlignmentStats
+
+    def to_json(self) -> dict:
+        """{"lstsq": {...}, "procrustes": {...}} with the AlignmentStats fields."""
+        return {name: stats._asdict() for name, stats in self._asdict().items()}
+
+
 def cross_model_alignment(
     neutral_X: Tensor, neutral_Y: Tensor, dirs_X: Tensor, dirs_Y: Tensor, *, k: int | None = None
-) -> dict:
+) -> CrossModelAlignment:
     """Map model X's emotion directions into model Y's space and compare them with Y's.
 
     neutral_X [N, d1], neutral_Y [N, d2]: the same N neutral inputs run through both models.
@@ -147,11 +165,7 @@ def cross_model_alignment(
     k: subspace dimension; default E - 1 (at least 1), because mean-baseline directions
     sum to about zero and span only E - 1 dimensions.
 
-    Returns {"lstsq": stats, "procrustes": stats}, each stats dict with exactly:
-      "overlap_before": subspace_overlap of the raw top-k subspaces, or None when d1 != d2
-      "overlap_after":  subspace_overlap of the mapped dirs_X subspace and the dirs_Y subspace
-      "cosine_after":   [E] cosine of each mapped direction with Y's direction, emotion order
-      "chance":         k / d2, the expected overlap of two random k-dim subspaces of R^d2
+    Returns the AlignmentStats of each method (least squares, orthogonal Procrustes).
     """
     dx, dy = _matrix(dirs_X, "dirs_X"), _matrix(dirs_Y, "dirs_Y")
     if dx.shape[0] != dy.shape[0]:
@@ -167,13 +181,9 @@ def cross_model_alignment(
     k = max(E - 1, 1) if k is None else k
     basis_y = subspace_of(dy, k)  # [k, d2]
     before = subspace_overlap(subspace_of(dx, k), basis_y) if d1 == d2 else None
-    report = {}
+    stats = []
     for method in ("lstsq", "procrustes"):
         mapped = fit_alignment(neutral_X, neutral_Y, method).map_directions(dx)  # [E, d2]
-        report[method] = {
-            "overlap_before": before,
-            "overlap_after": subspace_overlap(subspace_of(mapped, k), basis_y),
-            "cosine_after": F.cosine_similarity(mapped, dy, dim=-1).tolist(),
-            "chance": k / d2,
-        }
-    return report
+        stats.append(AlignmentStats(before, subspace_overlap(subspace_of(mapped, k), basis_y),
+                                    F.cosine_similarity(mapped, dy, dim=-1).tolist(), k / d2))
+    return CrossModelAlignment(*stats)

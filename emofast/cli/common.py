@@ -82,7 +82,8 @@ def add_config_flags(p: argparse.ArgumentParser, config_cls, *, skip: tuple[str,
     """One flag per field of `config_cls` (see the module docstring); defaults come from the
     preset chosen later, so every flag defaults to "not given"."""
     hints = typing.get_type_hints(config_cls)
-    group = p.add_argument_group(f"{config_cls.__name__} fields (defaults: the quick preset)")
+    preset = " (defaults: the quick preset)" if hasattr(config_cls, "full") else ""
+    group = p.add_argument_group(f"{config_cls.__name__} fields{preset}")
     for f in dataclasses.fields(config_cls):
         if f.name in skip:
             continue
@@ -97,8 +98,20 @@ def add_config_flags(p: argparse.ArgumentParser, config_cls, *, skip: tuple[str,
                                    default=argparse.SUPPRESS, help=helptext)
             continue
         convert, extra = _parser_for(hints[f.name])
+        if "choices" not in extra:
+            extra["metavar"] = _metavar(hints[f.name])
+        default = "" if f.default is None else f" (default {_show(f.default)})"
         group.add_argument(flag, dest=f.name, type=convert, default=argparse.SUPPRESS,
-                           help=f"{helptext} (default {_show(f.default)})", **extra)
+                           help=helptext + default, **extra)
+
+
+def _metavar(tp) -> str:
+    inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    tp = inner[0] if typing.get_origin(tp) is typing.Union or type(tp).__name__ == "UnionType" \
+        else tp
+    if typing.get_origin(tp) is tuple:
+        return "NAME" if typing.get_args(tp)[0] is str else "LIST"
+    return {int: "N", float: "X"}.get(tp, "TEXT")
 
 
 def _show(value) -> str:

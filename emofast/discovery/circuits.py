@@ -19,7 +19,7 @@ openers of emofast.data were not used: their first tokens ("This", "I") are shar
 emotions.
 
 Modulation (`emofast.interventions.Modulation`): at each circuit unit, add alpha x the
-emotion's per-unit difference (`emofast.analysis.unit_differences`). Units are ranked by how far
+emotion's per-unit difference (`emofast.analysis.units`). Units are ranked by how far
 that shift moves the residual stream along the emotion direction at the unit's layer
 (`unit_scores`).
 
@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..analysis.directions import EmotionDirections
-from ..analysis.unit_differences import UnitDifferences
+from ..analysis.units import UnitDifferences
 from ..data import EMOTIONS6, VALENCES, Skeleton, sev_prompts
 from ..interventions.modulation import Circuit
 from ..models import Model

@@ -33,6 +33,14 @@ from .neurons import rank_neurons
 CURVES = ("neurons", "heads", "random", "direction")  # the top-k rankings, in report order
 
 
+class DirectionNeuron(NamedTuple):
+    """A neuron ranked by its contribution along the emotion's residual direction."""
+    layer: int
+    neuron: int
+    contribution: float         # mean activation x projection
+    projection: float           # W_down[neuron] . v
+
+
 class EmotionDiscovery(NamedTuple):
     """Steps 1-4 of the module docstring for one emotion; effects are ablated - clean."""
     clean: float                # the clean metric, mean over prompts
@@ -44,7 +52,7 @@ class EmotionDiscovery(NamedTuple):
     k_verify: int
     ks: list[int]               # 1..k_max
     curves: dict[str, list[float]]  # CURVES -> effect per k
-    direction_top: list[dict]   # the 10 neurons with the largest contribution along the direction
+    direction_top: list[DirectionNeuron]  # the 10 largest contributions along the direction
     sweep_s: float              # seconds in sweeps
     n_variants: int
 
@@ -57,6 +65,7 @@ class EmotionDiscovery(NamedTuple):
     def to_json(self) -> dict:
         """The report.json entry: the fields, with the curves as curve_<name>."""
         out = {k: v for k, v in self._asdict().items() if k != "curves"}
+        out["direction_top"] = [d._asdict() for d in self.direction_top]
         out.update({f"curve_{name}": values for name, values in self.curves.items()})
         return out
 
@@ -112,8 +121,7 @@ def discover_emotion(model: Model, prompts: list[str], metric: Metric,
         spearman_all_heads=spearman(attr.heads.flatten(), head_effect.flatten()),
         top10_found=len(found & exact_top10), k_verify=len(screened), ks=ks,
         curves={name: e.tolist() for name, e in zip(CURVES, effects)},
-        direction_top=[{"layer": layer, "neuron": n, "contribution": c,
-                        "projection": ranking.projection[layer, n].item()}
+        direction_top=[DirectionNeuron(layer, n, c, ranking.projection[layer, n].item())
                        for layer, n, c in ranking.top(10, by="contribution")],
         sweep_s=exact.elapsed_s + res.elapsed_s,
         n_variants=len(heads) + 1 + sum(len(v) for v in variants.values()))

@@ -19,7 +19,7 @@ from typing import Mapping, NamedTuple, Sequence
 import torch
 
 from ..analysis.directions import EmotionDirections
-from ..analysis.unit_differences import UnitDifferences
+from ..analysis.units import UnitDifferences
 from ..data import EMOTIONS6, Prompt, Skeleton, sev_prompts
 from ..interventions import Circuit, Modulation, generate
 from ..models import Model

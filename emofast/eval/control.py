@@ -28,7 +28,7 @@ from .preservation import PreservationResult, distinct_n, lm_preservation
 FLUENT = 0.5  # minimum distinct-bigram ratio for a reply to count in selection
 Config = tuple[list[int], float]  # (steered layers, alpha)
 # (first, last) steered layer as fractions of depth, alpha. Quick: four configs around where
-# each emotion peaked on SmolLM2 (emofast.analysis.sev_directions); full: a layer x alpha grid.
+# each emotion peaked on SmolLM2 (emofast.analysis.sev); full: a layer x alpha grid.
 QUICK_GRID = ((0.13, 0.3, 1.5), (0.27, 0.43, 1.5), (0.4, 0.57, 1.0), (0.4, 0.57, 1.5))
 FULL_GRID = tuple((lo, lo + 0.17, a) for lo in (0.07, 0.13, 0.2, 0.27, 0.33, 0.4, 0.47, 0.53)
                   for a in (0.75, 1.0, 1.5, 2.0))

@@ -8,7 +8,7 @@ sweep variants accept; `Steering` adds emotion directions to the residual stream
 shifts a circuit's units; SAE feature edits will join.
 """
 from .base import Intervention, PerRow
-from .generate import generate
+from .generation import generate
 from .modulation import Circuit, Modulation
 from .steering import Steering
 

@@ -18,7 +18,7 @@ from typing import ClassVar, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..analysis.unit_differences import UnitDifferences
+from ..analysis.units import UnitDifferences
 from ..kernels import steer_add
 from ..sites import Scope, Site
 from .base import PerRow

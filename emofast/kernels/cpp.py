@@ -23,6 +23,15 @@ import torch
 from .autograd import sae_encode_grad_inputs, sae_encode_grad_pre
 
 _state: dict = {}
+_on_load: list = []
+
+
+def on_load(check) -> None:
+    """Run `check(torch.ops.emofast)` when the extension loads (at once if it has): how the
+    rooms above verify that the binary matches them (the planner's names, say)."""
+    _on_load.append(check)
+    if _state.get("ops") is not None:
+        check(_state["ops"])
 
 
 def ops():
@@ -38,6 +47,8 @@ def ops():
         else:
             _state["ops"] = torch.ops.emofast
             _register()
+            for check in _on_load:
+                check(_state["ops"])
     return _state["ops"]
 
 

@@ -54,7 +54,7 @@ class CircuitsConfig:
                                              "sublayers (none: anywhere)")
     alphas: tuple[float, ...] = option((1.5, 2.5, 4.0), "modulation strengths tried")
     steering_grid: tuple[tuple[float, float, float], ...] = option(
-        QUICK_GRID, "steering configs (first;last layer fraction, alpha), as the demo's grid")
+        QUICK_GRID, "steering configs to choose from, as the demo's --grid")
     max_new_tokens: int = option(24, "tokens generated per reply")
     n_ppl_texts: int = option(24, "neutral sentences for perplexity / KL")
     feeling_words: tuple[tuple[str, ...], ...] = option(

@@ -8,7 +8,7 @@ Stages (each with a progress bar):
    layer, directions against the neutral class, PCA at the best layer.
 2. sev6: separability of the six emotions in the instructed SEV prompts (last prompt token),
    train -> test skeletons; group-centred "expressed" directions from the train skeletons
-   (`emofast.analysis.sev_directions`).
+   (`emofast.analysis.sev`).
 3. steering: each emotion's (layer window, alpha) is chosen on uninstructed prompts built from
    TRAIN skeletons (`emofast.eval.select_steering`); then unsteered, prompted ("Always reply in
    {emotion}") and steered replies to held-out TEST prompts are judged (`compare_steering`).
@@ -43,8 +43,8 @@ class DemoConfig:
     n_test_skeletons: int = option(4, "sev6 test skeletons for separability and the final table")
     n_val_skeletons: int = option(2, "train skeletons whose three events select the steering")
     grid: tuple[tuple[float, float, float], ...] = option(
-        QUICK_GRID, "steering configs: first;last layer as fractions of depth and alpha, "
-        "e.g. 0.4,0.57,1.5;0.27,0.43,1.0")
+        QUICK_GRID, "steering configs to choose from: ';'-separated first,last,alpha triples, "
+        "first and last steered layer as fractions of depth, e.g. 0.4,0.57,1.5;0.27,0.43,1")
     scale: Literal["abs", "rms"] = option("rms", "steering magnitude: alpha * v (abs) or "
                                           "alpha * rms(h) * v (rms)")
     max_new_tokens: int = option(24, "tokens generated per reply")

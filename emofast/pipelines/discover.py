@@ -130,7 +130,7 @@ def _write_index(out: Path, r: DiscoverResult) -> None:
         curve, d = x.curves["neurons"], x.direction_top[0]
         rows.append([e, x.clean, head, effect, x.spearman_all_heads, f"{x.top10_found}/10",
                      curve[0], curve[min(8, k) - 1], curve[-1], x.curves["direction"][-1],
-                     x.curves["random"][-1], f"L{d['layer']}.N{d['neuron']}"])
+                     x.curves["random"][-1], f"L{d.layer}.N{d.neuron}"])
     sections = [
         S("Per emotion", f"{r.metric}. {r.n_prompts_per_emotion} prompts per emotion "
           "(instructed sev6, train skeletons). Screen top-10: exact top-10 heads recovered by "

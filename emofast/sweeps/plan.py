@@ -166,28 +166,25 @@ def plan_sweep(variants: Sequence[Variant | Sequence[Edit | Add]], *, n_layers: 
                    memory_budget)
     if impl not in (None, "cpp", "python"):
         raise ValueError(f"impl must be 'cpp', 'python' or None, got {impl!r}")
-    use_cpp = impl != "python" and _cpp_planner()
+    use_cpp = impl != "python" and cpp.has("plan_sweep")
     if impl == "cpp" and not use_cpp:
         raise RuntimeError("plan_sweep: impl='cpp' asked for but the C++ extension is not "
                            "loaded; run `make install`")
     return _plan_cpp(edits, facts) if use_cpp else _plan_python(edits, facts)
 
 
-_names_checked: list[bool] = []
+def _check_names(ops) -> None:
+    """Run when emofast._C loads: its planner's enum names must equal SITES and MODES."""
+    if not hasattr(ops, "plan_sweep"):
+        return
+    sites, modes = cpp.planner_names()
+    if (tuple(sites), tuple(modes)) != (SITES, MODES):
+        raise RuntimeError(f"emofast._C's planner has sites {sites} and modes {modes}, but "
+                           f"emofast.sweeps.plan has {SITES} and {MODES}: the extension is "
+                           "stale, rebuild it with `make install`")
 
 
-def _cpp_planner() -> bool:
-    """Whether the C++ planner is there; its enum names must equal SITES and MODES."""
-    if not cpp.has("plan_sweep"):
-        return False
-    if not _names_checked:
-        sites, modes = cpp.planner_names()
-        if (tuple(sites), tuple(modes)) != (SITES, MODES):
-            raise RuntimeError(f"emofast._C's planner has sites {sites} and modes {modes}, but "
-                               f"emofast.sweeps.plan has {SITES} and {MODES}: the extension is "
-                               "stale, rebuild it with `make install`")
-        _names_checked.append(True)
-    return True
+cpp.on_load(_check_names)
 
 
 def _plan_cpp(variants: list[tuple[Edit | Add, ...]], f: _Facts) -> Plan:

@@ -109,13 +109,13 @@ def test_cross_model_alignment_same_width_rotation():
     neutral_X = torch.randn(N, d)
     dirs_X = torch.nn.functional.normalize(torch.randn(E, d), dim=-1)
     report = cross_model_alignment(neutral_X, neutral_X @ rotation, dirs_X, dirs_X @ rotation)
-    assert set(report) == {"lstsq", "procrustes"}
-    for stats in report.values():
-        assert set(stats) == {"overlap_before", "overlap_after", "cosine_after", "chance"}
-        assert stats["overlap_before"] < 0.3  # the raw subspaces are unrelated
-        assert stats["overlap_after"] == pytest.approx(1.0, abs=1e-4)
-        assert stats["cosine_after"] == pytest.approx([1.0] * E, abs=1e-4)
-        assert stats["chance"] == pytest.approx((E - 1) / d)
+    assert set(report.to_json()) == {"lstsq", "procrustes"}
+    for stats in report:
+        assert set(stats._fields) == {"overlap_before", "overlap_after", "cosine_after", "chance"}
+        assert stats.overlap_before < 0.3  # the raw subspaces are unrelated
+        assert stats.overlap_after == pytest.approx(1.0, abs=1e-4)
+        assert stats.cosine_after == pytest.approx([1.0] * E, abs=1e-4)
+        assert stats.chance == pytest.approx((E - 1) / d)
 
 
 def test_cross_model_alignment_different_widths():
@@ -125,11 +125,11 @@ def test_cross_model_alignment_different_widths():
     neutral_X = torch.randn(N, d1)
     dirs_X = torch.randn(E, d1)
     report = cross_model_alignment(neutral_X, neutral_X @ A + 0.5, dirs_X, dirs_X @ A, k=3)
-    lstsq = report["lstsq"]
-    assert lstsq["overlap_before"] is None and lstsq["chance"] == pytest.approx(3 / d2)
-    assert lstsq["overlap_after"] == pytest.approx(1.0, abs=1e-4)
-    assert lstsq["cosine_after"] == pytest.approx([1.0] * E, abs=1e-4)
-    assert len(report["procrustes"]["cosine_after"]) == E
+    lstsq = report.lstsq
+    assert lstsq.overlap_before is None and lstsq.chance == pytest.approx(3 / d2)
+    assert lstsq.overlap_after == pytest.approx(1.0, abs=1e-4)
+    assert lstsq.cosine_after == pytest.approx([1.0] * E, abs=1e-4)
+    assert len(report.procrustes.cosine_after) == E
 
 
 def test_bad_inputs_raise_helpful_errors():

@@ -227,8 +227,12 @@ def test_10k_single_neuron_variants():
 
 
 @needs_cpp
-def test_python_names_match_the_cpp_enums():
+def test_python_names_match_the_cpp_enums(monkeypatch):
     assert cpp.planner_names() == (SITES, MODES)
+    import emofast.sweeps.plan as plan  # the check that runs when the extension loads
+    monkeypatch.setattr(cpp, "planner_names", lambda: (("mlp_act", "attn_z", "resid"), MODES))
+    with pytest.raises(RuntimeError, match="the extension is stale, rebuild it"):
+        plan._check_names(cpp.ops())
 
 
 @pytest.mark.parametrize("impl", IMPLS)
