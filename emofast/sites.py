@@ -24,6 +24,7 @@ vector is scaled ("abs": alpha * v, "rms": alpha * rms(h) * v). Reads say `pool`
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -207,6 +208,9 @@ class Scope:
         """A Scope, or its spelling: "all", "last", "last:K", "from:P", "prompt", "generated"."""
         if isinstance(spec, Scope):
             return spec
+        if isinstance(spec, int) and not isinstance(spec, bool):
+            raise ValueError(f"scope {spec}: an int is ambiguous, write 'from:{spec}' (real "
+                             f"tokens from {spec}) or 'last:{spec}' (the last {spec} positions)")
         if not isinstance(spec, str):
             raise ValueError(f"scope must be a Scope or one of 'all', 'last', 'last:K', 'from:P', "
                              f"'prompt', 'generated'; got {spec!r}")
@@ -246,6 +250,17 @@ class Scope:
         return self
 
 
+def deprecated(message: str) -> None:
+    """A DeprecationWarning attributed to the caller's own code: the first frame outside emofast
+    and torch (decorators such as torch.inference_mode add frames), so Python's default filters
+    show it in a user's script."""
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 = the frame that called this function
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in (
+            "emofast", "torch"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DeprecationWarning, stacklevel=level)
+
+
 def legacy_scope(positions, scope, *, where: str, int_means: str) -> Scope:
     """The Scope of a call that may still use the old `positions=` (deprecated for one release).
 
@@ -257,8 +272,7 @@ def legacy_scope(positions, scope, *, where: str, int_means: str) -> Scope:
         raise ValueError(f"{where}: give scope= only (positions= is its deprecated old name)")
     new = (Scope(int_means, positions) if isinstance(positions, int)
            and not isinstance(positions, bool) else Scope.parse(positions))
-    warnings.warn(f"{where}(positions={positions!r}) is deprecated: use scope={str(new)!r}",
-                  DeprecationWarning, stacklevel=3)
+    deprecated(f"{where}(positions={positions!r}) is deprecated: use scope={str(new)!r}")
     return new
 
 
@@ -267,9 +281,11 @@ def resolve_scale(scale: str, rms: bool | None, *, where: str) -> str:
     if rms is not None:
         if not isinstance(rms, bool):
             raise ValueError(f"{where}: rms must be a bool, got {rms!r}")
+        if scale == "rms" and not rms:
+            raise ValueError(f"{where}: scale='rms' and rms=False contradict each other: give "
+                             "scale only (rms= is its deprecated old name)")
         new = "rms" if rms else "abs"
-        warnings.warn(f"{where}(rms={rms}) is deprecated: use scale={new!r}", DeprecationWarning,
-                      stacklevel=3)
+        deprecated(f"{where}(rms={rms}) is deprecated: use scale={new!r}")
         scale = new
     if scale not in SCALES:
         raise ValueError(f"{where}: scale must be 'abs' or 'rms', got {scale!r}")

@@ -136,7 +136,8 @@ def test_scope_spellings_round_trip(spelling, kind, n, back):
 
 @pytest.mark.parametrize("spelling, match", [
     ("first", "unknown scope 'first'"), ("last:0", "k must be >= 1"), ("last:x", "bad scope"),
-    ("from:-1", "bad scope"), ("all:3", "bad scope"), (3, "scope must be a Scope or one of")])
+    ("from:-1", "bad scope"), ("all:3", "bad scope"), (3, "an int is ambiguous"),
+    (2.5, "scope must be a Scope or one of")])
 def test_bad_scopes(spelling, match):
     with pytest.raises(ValueError, match=match):
         Scope.parse(spelling)
@@ -168,3 +169,22 @@ def test_legacy_positions_and_rms_warn_with_the_new_spelling():
     assert resolve_scale("rms", None, where="g") == "rms"
     with pytest.raises(ValueError, match="scale must be 'abs' or 'rms'"):
         resolve_scale("log", None, where="g")
+    with pytest.raises(ValueError, match="scale='rms' and rms=False contradict"):
+        resolve_scale("rms", False, where="g")
+    with pytest.raises(ValueError, match="an int is ambiguous, write 'from:3'"):
+        Scope.parse(3)
+
+
+def test_deprecations_point_at_the_callers_line(tiny_llama):
+    """Through emofast's frames and torch's decorators (inference_mode) to this file, so that
+    Python's default filters show the warning in a user's script."""
+    import emofast as ef
+
+    calls = [lambda: ef.sweep(tiny_llama, ["ab"], [[]], ef.KL(), positions=1, progress=False),
+             lambda: tiny_llama.cache(["ab"], ["L0.resid_post"], positions="last",
+                                      progress=False),
+             lambda: ef.Steer(0, torch.ones(32), 1.0, rms=True)]
+    for call in calls:
+        with pytest.warns(DeprecationWarning) as seen:
+            call()
+        assert [w.filename for w in seen] == [__file__]

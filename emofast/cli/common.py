@@ -72,7 +72,7 @@ def _parser_for(tp) -> tuple[Any, dict]:
             return (lambda s: tuple(tuple(inner(x) for x in g.split(",")) for g in s.split(";")
                                     if g)), {}
         if item is str:  # names: space- or comma-separated
-            return (lambda s: tuple(x for x in s.split(",") if x)), {"nargs": "+"}
+            return (lambda s: tuple(x for x in s.split(",") if x)), {"nargs": "*"}
         return (lambda s: tuple(item(x) for x in s.split(",") if x)), {}
     return tp, {}
 
@@ -131,7 +131,8 @@ def config_from_args(args, config_cls, base=None):
     for f in dataclasses.fields(config_cls):
         if hasattr(args, f.name):
             value = getattr(args, f.name)
-            if isinstance(value, list):  # nargs="+": a tuple per word, flattened
-                value = tuple(x for part in value for x in part)
+            if isinstance(value, list):  # nargs="*": a tuple per word (None: "none"), flattened
+                parts = [part for part in value if part is not None]
+                value = tuple(x for part in parts for x in part) if parts else None
             given[f.name] = value
     return config_cls(**given) if base is None else dataclasses.replace(base, **given)

@@ -1,5 +1,6 @@
 """`emofast discover`: the circuits pipeline into DIR/circuits (unless --no-circuits), then the
-discover pipeline into DIR, whose index links the circuits report."""
+discover pipeline into DIR, whose report.json holds the circuits report and whose index links
+it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,7 +32,7 @@ def run(args) -> int:
     if not args.no_circuits:
         circuits = run_circuits(model, CircuitsConfig.full() if args.full else CircuitsConfig(),
                                 Path(args.out) / "circuits", progress=progress)
-    r = run_discover(model, cfg, args.out, progress=progress)
+    r = run_discover(model, cfg, args.out, circuits=circuits, progress=progress)
     print(f"{'emotion':<10} {'top head':>9} {'effect':>8} {'spearman':>8} {'top10':>6}")
     for e, x in r.emotions.items():
         head, effect = x.top_head()

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..models import Model
-from ..sites import Scope, legacy_scope
+from ..sites import Scope, deprecated, legacy_scope
 from ..sweeps import KL, Edit, Metric, Readout, encode_batches, sweep
 from ..sweeps.clean import readout_hook
 
@@ -37,6 +37,12 @@ class Attribution(NamedTuple):
     neurons: Tensor | None      # [L, d_mlp] fp32, None unless "mlp_act" was screened
     clean: float                # the clean metric, averaged over prompts
     scope: Scope                # where the ablations it estimates apply
+
+    @property
+    def positions(self):
+        """Deprecated: the scope in the old spelling ("all", "last" or p); use `scope`."""
+        deprecated("Attribution.positions is deprecated: use Attribution.scope")
+        return self.scope.n if self.scope.kind == "from" else str(self.scope)
 
 
 def attribution_screen(model: Model, prompts: Sequence[str], metric: Metric, *,

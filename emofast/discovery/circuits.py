@@ -40,7 +40,7 @@ from ..analysis.units import UnitDifferences
 from ..data import EMOTIONS6, VALENCES, Skeleton, sev_prompts
 from ..interventions.modulation import Circuit
 from ..models import Model
-from ..sites import Scope
+from ..sites import Scope, legacy_scope
 from ..sweeps import Edit, LogitDiff, LogProb, Metric, sweep
 from .neurons import rank_neurons
 
@@ -106,13 +106,16 @@ def importance_prompts(model: Model, skeletons: Sequence[Skeleton], *,
 
 
 def sublayer_importance(model: Model, prompts: Sequence[str] | Mapping[str, Sequence[str]],
-                        metric: Metric | Mapping[str, Metric], *, scope: Scope | str = "all",
-                        batch_size: int = 32, memory_budget: int | None = None,
-                        progress: bool = True) -> SublayerImportance:
+                        metric: Metric | Mapping[str, Metric], *,
+                        scope: Scope | str | None = None, batch_size: int = 32,
+                        memory_budget: int | None = None, progress: bool = True,
+                        positions=None) -> SublayerImportance:
     """Zero-ablate each layer's whole attention (all heads' attn_z) and whole MLP (all
     mlp_act neurons), one at a time, with `sweep(engine="batched")`; see SublayerImportance.
     `metric` may map emotions to metrics; `prompts` then is one list for all or a mapping with
-    the same keys (each emotion's own prompts)."""
+    the same keys (each emotion's own prompts). `positions=` is the deprecated old name of
+    `scope`."""
+    scope = legacy_scope(positions, scope, where="sublayer_importance", int_means="from")
     single = isinstance(metric, Metric)
     metrics = {"": metric} if single else dict(metric)
     if not metrics:

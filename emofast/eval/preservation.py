@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..interventions.base import Intervention, check_intervention
 from ..models import Model
+from ..sites import deprecated
 
 
 class PreservationResult(NamedTuple):
@@ -38,11 +39,20 @@ def _logits(model: Model, batch: list[str], iv: Intervention | None):
 
 @torch.inference_mode()
 def lm_preservation(model: Model, texts: Sequence[str],
-                    interventions: Sequence[Intervention | None], *,
-                    batch_size: int = 16) -> list[PreservationResult]:
+                    interventions: Sequence[Intervention | None] | None = None, *,
+                    batch_size: int = 16, steerings=None) -> list[PreservationResult]:
     """For each intervention (one row, broadcast to every text; None = no edit): perplexity
     with and without it, and the mean next-token KL(clean || edited) over all real positions.
-    The clean forward runs once per batch, shared by every intervention."""
+    The clean forward runs once per batch, shared by every intervention. `steerings=` is the
+    deprecated old name of `interventions`."""
+    if steerings is not None:
+        if interventions is not None:
+            raise ValueError("lm_preservation: give interventions only (steerings= is its old "
+                             "name)")
+        deprecated("lm_preservation(steerings=...) is deprecated: use interventions=...")
+        interventions = steerings
+    if interventions is None:
+        raise TypeError("lm_preservation needs interventions: a list of Interventions or None")
     if not texts:
         raise ValueError("lm_preservation needs at least one text")
     for iv in interventions:

@@ -7,7 +7,6 @@ Modulation with one row per prompt runs every condition of a grid in one batched
 """
 from __future__ import annotations
 
-import warnings
 from contextlib import nullcontext
 from typing import Sequence
 
@@ -16,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..data import Prompt
 from ..models import Model
+from ..sites import deprecated
 from .base import Intervention, check_intervention
 
 
@@ -31,8 +31,7 @@ def generate(model: Model, prompts: Sequence[Prompt | str], *,
     if steering is not None:
         if intervention is not None:
             raise ValueError("generate: give intervention= only (steering= is its old name)")
-        warnings.warn("generate(steering=...) is deprecated: use intervention=...",
-                      DeprecationWarning, stacklevel=3)
+        deprecated("generate(steering=...) is deprecated: use intervention=...")
         intervention = steering
     iv = check_intervention(intervention, "generate")
     tok = model.tokenizer

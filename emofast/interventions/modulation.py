@@ -12,7 +12,7 @@ exactly unchanged. A `Circuit` is plain data: which neurons and heads, per layer
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import ClassVar, Iterator, Mapping, Sequence
 
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..analysis.units import UnitDifferences
 from ..kernels import steer_add
-from ..sites import Scope, Site
+from ..sites import Scope, Site, legacy_scope
 from .base import PerRow
 
 
@@ -88,9 +88,12 @@ class Modulation(PerRow):
     emotion_idx: Tensor           # [N] long
     alpha: Tensor                 # [N] fp32
     scope: Scope | str = "all"
+    positions: InitVar[str | None] = None   # deprecated old name of scope
     row_fields: ClassVar[tuple[str, ...]] = ("emotion_idx", "alpha")
 
-    def __post_init__(self):
+    def __post_init__(self, positions):
+        if positions is not None:
+            self.scope = legacy_scope(positions, None, where="Modulation", int_means="last")
         self.scope = Scope.parse(self.scope).require("circuit modulation", "all")
         if self.alpha.shape != self.emotion_idx.shape or self.alpha.dim() != 1:
             raise ValueError("emotion_idx and alpha need one entry per row")

@@ -19,7 +19,7 @@ real last tokens. alpha = 0 leaves the model exactly unchanged. `positions=` (an
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import ClassVar, Iterable, Iterator, Sequence
 
 import torch
@@ -41,11 +41,17 @@ class Steering(PerRow):
     layer_mask: torch.Tensor
     scope: Scope | str = "all"
     scale: str = "abs"
+    positions: InitVar[str | int | None] = None   # deprecated old name of scope (k: last:k)
     row_fields: ClassVar[tuple[str, ...]] = ("emotion_idx", "alpha", "layer_mask")
 
-    def __post_init__(self):
-        if isinstance(self.scope, int) and not isinstance(self.scope, bool):  # old positions=k
-            self.scope = legacy_scope(self.scope, None, where="Steering", int_means="last")
+    def __post_init__(self, positions):
+        if isinstance(self.scope, int) and not isinstance(self.scope, bool):  # old positional k
+            positions, self.scope = self.scope, "all"
+        if positions is not None:
+            if Scope.parse(self.scope) != Scope():
+                raise ValueError("Steering: give scope= only (positions= is its deprecated old "
+                                 "name)")
+            self.scope = legacy_scope(positions, None, where="Steering", int_means="last")
         self.scope = Scope.parse(self.scope).require("steering", *SCOPES)
         self.scale = resolve_scale(self.scale, None, where="Steering")
         n = len(self.emotion_idx)

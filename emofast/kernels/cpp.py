@@ -28,7 +28,8 @@ _on_load: list = []
 
 def on_load(check) -> None:
     """Run `check(torch.ops.emofast)` when the extension loads (at once if it has): how the
-    rooms above verify that the binary matches them (the planner's names, say)."""
+    rooms above verify that the binary matches them (the planner's names, say). A check raises
+    RuntimeError on a mismatch; the extension is then not used (said once)."""
     _on_load.append(check)
     if _state.get("ops") is not None:
         check(_state["ops"])
@@ -45,10 +46,16 @@ def ops():
             warnings.warn(f"emofast C++ extension not loaded ({e}); CPU ops use the torch "
                           "reference. Rebuild with `make install`.", stacklevel=3)
         else:
-            _state["ops"] = torch.ops.emofast
-            _register()
-            for check in _on_load:
-                check(_state["ops"])
+            try:
+                for check in _on_load:
+                    check(torch.ops.emofast)
+            except RuntimeError as e:  # a stale build: say so once, then run without it
+                _state["ops"] = None
+                warnings.warn(f"{e}; until then CPU ops use the torch reference and sweeps the "
+                              "Python planner", stacklevel=3)
+            else:
+                _state["ops"] = torch.ops.emofast
+                _register()
     return _state["ops"]
 
 
@@ -57,11 +64,13 @@ def has(op: str) -> bool:
     return ops() is not None and hasattr(ops(), op)
 
 
-def planner_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(site kinds, modes) of the C++ sweep planner, in enum order."""
+def planner_names() -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(site kinds, modes) of the C++ sweep planner, in enum order; None from a build older
+    than that function."""
     import emofast._C as ext
 
-    return ext.planner_names()
+    names = getattr(ext, "planner_names", None)
+    return None if names is None else names()
 
 
 # ---- typed wrappers ----

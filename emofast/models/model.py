@@ -9,7 +9,6 @@ same activations: position ids are derived from the attention mask.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Mapping, Sequence
 
 import torch
@@ -106,8 +105,8 @@ class Model:
         `positions=` is the deprecated old name of `pool` (one release).
         """
         if positions is not None:
-            warnings.warn(f"Model.cache(positions={positions!r}) is deprecated: use "
-                          f"pool={positions!r}", DeprecationWarning, stacklevel=2)
+            _sites.deprecated(f"Model.cache(positions={positions!r}) is deprecated: use "
+                              f"pool={positions!r}")
             pool = positions
         batch = texts if isinstance(texts, Mapping) else None
         if batch is not None:

@@ -1,4 +1,4 @@
-"""What every pipeline config shares (not a pipeline itself).
+"""What every pipeline shares (not a pipeline itself): config fields, presets, the report folder.
 
 A config is a dataclass whose defaults are the quick preset, with one `option(default, help)` per
 field (the help is the `emofast` flag's help: flags map one-to-one onto fields), `Literal`
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
 def option(default: Any, help: str):
@@ -38,3 +38,21 @@ def report_folder(out: str | Path) -> tuple[float, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return time.perf_counter(), out
+
+
+class Report(Protocol):
+    """A pipeline's typed result, as another pipeline's report may embed it (by its JSON)."""
+
+    def to_json(self) -> dict: ...
+
+
+def checked(config, config_cls, where: str):
+    """`config` (None: the quick preset), or a TypeError that names the call's new shape: the
+    report folder used to be the second argument of the run_* functions."""
+    if config is None:
+        return config_cls()
+    if not isinstance(config, config_cls):
+        raise TypeError(f"{where}(model, config, out): config must be a {config_cls.__name__} "
+                        f"(or None for the quick preset), got {config!r}; the report folder is "
+                        "the third argument now")
+    return config

@@ -30,7 +30,7 @@ from ..eval.circuit_control import CONDITIONS, ControlComparison, compare_contro
 from ..eval.control import FULL_GRID, QUICK_GRID
 from ..interventions import Circuit
 from ..models import Model
-from ._config import option, positive, preset_name, report_folder
+from ._config import checked, option, positive, preset_name, report_folder
 
 
 @dataclass
@@ -132,8 +132,8 @@ def run_circuits(model: Model, config: CircuitsConfig | None = None,
                  out: str | Path = "emofast-circuits", *, progress: bool = True
                  ) -> CircuitsResult:
     """Every stage of the module docstring; writes the report folder `out`."""
+    cfg = checked(config, CircuitsConfig, "run_circuits")
     start, out = report_folder(out)
-    cfg = config or CircuitsConfig()
     judge = EmotionJudge.load()
     train = load_skeletons("sev6", split="train")
     clock = report.Stopwatch()
@@ -188,7 +188,8 @@ def _plots(out: Path, model: Model, r: CircuitsResult) -> None:
     choice = r.control.steering_choice
     report.plot_heatmap(out / "steering_grid.png", choice.score, choice.emotions,
                         choice.to_json()["configs"], vmin=0, vmax=1,
-                        title="steering selection: judge P(target) x fluent, train prompts")
+                        title="steering selection: judge P(target) x fluent, "
+                              "train-skeleton prompts")
 
 
 def _write_index(out: Path, r: CircuitsResult) -> None:

@@ -32,7 +32,7 @@ from ..eval import (EmotionJudge, PreservationResult, SteeringChoice, SteeringCo
                     compare_steering, select_steering, steering_configs, steering_preservation)
 from ..eval.control import FULL_GRID, QUICK_GRID
 from ..models import Model
-from ._config import option, positive, preset_name, report_folder
+from ._config import checked, option, positive, preset_name, report_folder
 
 
 @dataclass
@@ -152,8 +152,8 @@ def stage_sev6(model: Model, cfg: DemoConfig, out: Path,
 def run_demo(model: Model, config: DemoConfig | None = None, out: str | Path = "emofast-demo", *,
              progress: bool = True) -> DemoResult:
     """Run every stage and write the report folder `out`."""
+    cfg = checked(config, DemoConfig, "run_demo")
     start, out = report_folder(out)
-    cfg = config or DemoConfig()
     judge = EmotionJudge.load()
     clock = report.Stopwatch()
     basic4 = clock.run("basic4", stage_basic4, model, out, progress)

@@ -74,6 +74,9 @@ class DirectionsResult(NamedTuple):
 def run_directions(model: Model, config: DirectionsConfig, out: str | Path, *,
                    progress: bool = True) -> DirectionsResult:
     """See the module docstring."""
+    if not isinstance(config, DirectionsConfig):
+        raise TypeError(f"run_directions(model, config, out): config must be a DirectionsConfig, "
+                        f"got {config!r}")
     cfg, out = config, Path(out)
     kind = parse_site(cfg.sites[0]).kind if cfg.sites else "resid_post"
     layers = ([parse_site(s, model.n_layers).layer for s in cfg.sites] if cfg.sites

@@ -8,9 +8,9 @@ Per emotion, on instructed sev6 prompts from TRAIN skeletons with the reply pref
 and the metric of `emofast.discovery.emotion_metrics` (logit of the emotion's feeling words
 minus the other emotions'), `emofast.discovery.discover_emotion`: the exact head ranking, the
 attribution screen against it, the neurons along the emotion's sev6 residual direction, and
-top-k ablation curves. Writes DIR/report.json, PNGs and DIR/index.html; when DIR/circuits holds
-a circuits report (`emofast discover` writes one there first, `emofast.pipelines.circuits`),
-the index links it.
+top-k ablation curves. Writes DIR/report.json, PNGs and DIR/index.html; given the circuits
+report that `emofast discover` writes to DIR/circuits first (`emofast.pipelines.circuits`),
+report.json holds it under "circuits" and the index links it.
 """
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ import torch
 from .. import report
 from ..analysis import default_directions
 from ..data import EMOTIONS6, load_skeletons
-from ..discovery import EmotionDiscovery, discover_emotion, emotion_metrics, importance_prompts
+from ..discovery import (EMOTION_WORDS, EmotionDiscovery, discover_emotion, emotion_metrics,
+                         importance_prompts)
 from ..models import Model
-from ._config import option, positive, preset_name, report_folder
+from ._config import Report, checked, option, positive, preset_name, report_folder
 
 METRIC = ("LogitDiff(emotion's feeling words, other emotions' words) after 'I feel', at the "
           "next token; effects are ablated - clean")
@@ -40,11 +41,17 @@ class DiscoverConfig:
     k_verify: int = option(32, "screen's top heads verified exactly")
     batch_size: int = option(16, "prompts per forward")
     emotions: tuple[str, ...] = option(EMOTIONS6, "emotions to discover")
+    feeling_words: tuple[tuple[str, ...], ...] = option(
+        tuple(EMOTION_WORDS[e] for e in EMOTIONS6), "the metric's feeling words per emotion, "
+        "in the order anger;sadness;happiness;fear;surprise;disgust (each word's first token "
+        "must be its own)")
 
     def __post_init__(self):
+        if len(self.feeling_words) != len(EMOTIONS6) or not all(self.feeling_words):
+            raise ValueError(f"feeling_words needs words for each of {', '.join(EMOTIONS6)}, "
+                             f"got {self.feeling_words}")
         positive(self, "n_skeletons", "k_max", "k_verify", "batch_size")
-        unknown = set(self.emotions) - set(EMOTIONS6)
-        if not self.emotions or unknown:
+        if not self.emotions or set(self.emotions) - set(EMOTIONS6):
             raise ValueError(f"emotions must be some of {EMOTIONS6}, got {self.emotions}")
 
     @classmethod
@@ -61,31 +68,36 @@ class DiscoverResult:
     emotions: dict[str, EmotionDiscovery]
     elapsed_s: float
     metric: str = METRIC
+    circuits: Report | None = None  # the circuits report beside it, when one was run
 
     def to_json(self) -> dict:
-        return {"model": self.model, "mode": self.mode,
-                "config": dataclasses.asdict(self.config),
-                "n_prompts_per_emotion": self.n_prompts_per_emotion, "metric": self.metric,
-                "emotions": {e: d.to_json() for e, d in self.emotions.items()},
-                "elapsed_s": self.elapsed_s}
+        out = {"model": self.model, "mode": self.mode,
+               "config": dataclasses.asdict(self.config),
+               "n_prompts_per_emotion": self.n_prompts_per_emotion, "metric": self.metric,
+               "emotions": {e: d.to_json() for e, d in self.emotions.items()}}
+        if self.circuits is not None:
+            out["circuits"] = self.circuits.to_json()
+        return {**out, "elapsed_s": self.elapsed_s}
 
 
 def run_discover(model: Model, config: DiscoverConfig | None = None,
-                 out: str | Path = "emofast-discover", *, progress: bool = True
-                 ) -> DiscoverResult:
-    """The whole discovery report (module docstring)."""
+                 out: str | Path = "emofast-discover", *, circuits: Report | None = None,
+                 progress: bool = True) -> DiscoverResult:
+    """The whole discovery report (module docstring). `circuits`: a circuits report already
+    written to DIR/circuits (`emofast discover` runs that pipeline first); report.json then
+    holds it under "circuits" and the index links it."""
+    cfg = checked(config, DiscoverConfig, "run_discover")
     start, out = report_folder(out)
-    cfg = config or DiscoverConfig()
     skeletons = load_skeletons("sev6", split="train")[:cfg.n_skeletons]
     prompts = importance_prompts(model, skeletons, emotions=cfg.emotions)
-    metrics = emotion_metrics(model)
+    metrics = emotion_metrics(model, dict(zip(EMOTIONS6, cfg.feeling_words)))
     dirs = default_directions(model, progress=progress)
     per = {e: discover_emotion(model, prompts[e], metrics[e], dirs, e, k_max=cfg.k_max,
                                k_verify=cfg.k_verify, batch_size=cfg.batch_size,
                                progress=progress)
            for e in cfg.emotions}
     result = DiscoverResult(model.name, preset_name(cfg), cfg, len(prompts[cfg.emotions[0]]),
-                            per, round(time.perf_counter() - start, 1))
+                            per, round(time.perf_counter() - start, 1), circuits=circuits)
     _plots(out, model, per)
     report.write_json(out / "report.json", result.to_json())
     _write_index(out, result)
@@ -148,7 +160,7 @@ def _write_index(out: Path, r: DiscoverResult) -> None:
         S("Head importance (exact zero ablation)",
           images=[f"heads_{e}.png" for e in r.emotions]),
     ]
-    if (out / "circuits" / "index.html").is_file():
+    if r.circuits is not None:
         sections.append(S("Circuits, modulation vs steering vs prompting",
                           "See circuits/index.html.", images=["circuits/control_accuracy.png"]))
     report.write_index(out, f"emofast discover: {r.model}", sections)

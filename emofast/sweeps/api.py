@@ -132,7 +132,8 @@ def _run(job: Job, todo: list[int], engine: str) -> int:
     if engine == "loop":
         return run_loop(job, todo)
     generic = [i for i in todo if any(isinstance(e, Intervention) for e in job.variants[i])]
-    packed = [i for i in todo if i not in set(generic)]
+    unpackable = set(generic)
+    packed = [i for i in todo if i not in unpackable]
     if generic:
         job.bar.write(f"sweep: {len(generic)} variant(s) hold Interventions the planner cannot "
                       "pack; they run one forward per variant, as engine='loop' does")

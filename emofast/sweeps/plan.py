@@ -177,9 +177,9 @@ def _check_names(ops) -> None:
     """Run when emofast._C loads: its planner's enum names must equal SITES and MODES."""
     if not hasattr(ops, "plan_sweep"):
         return
-    sites, modes = cpp.planner_names()
-    if (tuple(sites), tuple(modes)) != (SITES, MODES):
-        raise RuntimeError(f"emofast._C's planner has sites {sites} and modes {modes}, but "
+    names = cpp.planner_names()
+    if names is None or (tuple(names[0]), tuple(names[1])) != (SITES, MODES):
+        raise RuntimeError(f"emofast._C's planner has sites and modes {names}, but "
                            f"emofast.sweeps.plan has {SITES} and {MODES}: the extension is "
                            "stale, rebuild it with `make install`")
 

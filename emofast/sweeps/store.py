@@ -43,10 +43,15 @@ def fingerprint(model, prompts: Sequence[str], variants: Sequence[tuple], metric
             "variants_sha1": sha([[edit_json(e) for e in v] for v in variants]),
             "n_variants": len(variants), "metric": repr(metric),
             "positions": positions_json(scope),
-            "steer_sha1": None if additions is None else hashlib.sha1(
-                additions.vectors.numpy().tobytes() + json.dumps(additions.alphas).encode()
-                + json.dumps(additions.scales).encode()
-                + json.dumps(additions.labels).encode()).hexdigest()}
+            "steer_sha1": None if additions is None else _additions_sha1(additions)}
+
+
+def _additions_sha1(additions) -> str:
+    """The table's hash, in the encoding of the folders written before `scale` (rms as bools),
+    so that those still resume."""
+    rms = torch.tensor([scale == "rms" for scale in additions.scales])
+    return hashlib.sha1(additions.vectors.numpy().tobytes() + json.dumps(additions.alphas).encode()
+                        + rms.numpy().tobytes() + json.dumps(additions.labels).encode()).hexdigest()
 
 
 def edit_json(e) -> dict:
@@ -54,8 +59,8 @@ def edit_json(e) -> dict:
     if isinstance(e, Edit):
         return {"layer": e.layer, "site": e.site, "units": list(e.units), "mode": e.mode,
                 "pos_start": e.pos_start}
-    if isinstance(e, Add):
-        return {"layer": e.layer, "site": e.site, "units": [e.entry], "mode": "steer",
+    if isinstance(e, Add):  # as folders written before Add encoded it, so those still resume
+        return {"layer": e.layer, "site": "resid", "units": [e.entry], "mode": "steer",
                 "pos_start": e.pos_start}
     return e.describe()
 

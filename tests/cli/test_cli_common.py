@@ -64,3 +64,11 @@ def test_help(command, capsys):
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
     assert done.value.code == 0 and "usage: emofast" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_command():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "emofast.cli", "sweep", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage: emofast sweep" in done.stdout

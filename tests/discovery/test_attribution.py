@@ -153,6 +153,8 @@ def test_kl_and_bad_arguments_raise():
     with pytest.warns(DeprecationWarning, match="use scope='from:1'"):
         old = attribution_screen(model, PROMPTS, LOGIT_DIFF, positions=1)
     assert old.scope == Scope.from_token(1)
+    with pytest.warns(DeprecationWarning, match="use Attribution.scope"):
+        assert old.positions == 1
     attr = attribution_screen(model, PROMPTS, LOGIT_DIFF, sites=("attn_z",))
     assert attr.neurons is None
     with pytest.raises(ValueError, match="no neurons"):

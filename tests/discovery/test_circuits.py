@@ -202,3 +202,11 @@ def test_run_circuits_writes_a_report(tmp_path, monkeypatch):
     for png in ("sublayer_importance", "sublayer_importance_emotions", "control_accuracy"):
         assert (tmp_path / "out" / f"{png}.png").is_file()
     assert "control_accuracy.png" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_sublayer_importance_old_positions_spelling(tiny_llama):
+    metric = LogitDiff([65], [66])
+    new = sublayer_importance(tiny_llama, TEXTS, metric, scope="from:1", progress=False)
+    with pytest.warns(DeprecationWarning, match="use scope='from:1'"):
+        old = sublayer_importance(tiny_llama, TEXTS, metric, positions=1, progress=False)
+    assert torch.equal(new.attn, old.attn) and torch.equal(new.mlp, old.mlp)

@@ -206,4 +206,11 @@ def test_old_spellings_warn_and_do_the_same(tiny_llama):
         texts = generate(m, TEXTS, steering=old, max_new_tokens=3, progress=False)
     assert texts == generate(m, TEXTS, intervention=new, max_new_tokens=3, progress=False)
     with pytest.raises(ValueError, match="give scope= only"):
-        Steering.single(dirs, "joy", [1], 2.0, m.n_layers, scope="all", positions=2)
+        Steering.single(dirs, "joy", [1], 2.0, m.n_layers, scope="last:1", positions=2)
+    with pytest.warns(DeprecationWarning, match="use scope='last:2'"):          # the dataclass
+        direct = Steering(dirs, new.emotion_idx, new.alpha, new.layer_mask, positions=2,
+                          scale="rms")
+    assert direct.scope == new.scope
+    with pytest.warns(DeprecationWarning, match="use interventions="):
+        [old_pres] = lm_preservation(m, TEXTS, steerings=[new])
+    assert old_pres == lm_preservation(m, TEXTS, [new])[0]

@@ -46,3 +46,16 @@ def test_forced_impls_and_environment_override(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         dispatch.choose("steer_add", x, "triton")
+
+
+def test_a_stale_extension_is_refused_once_with_the_reason(monkeypatch):
+    """A build whose planner names do not match (or that predates planner_names) is not used:
+    one warning that says why and how to fix it, then the torch reference everywhere."""
+    monkeypatch.setattr(cpp, "_state", {})
+    monkeypatch.setattr(cpp, "planner_names", lambda: None)      # a build from before it
+    with pytest.warns(UserWarning, match="extension is stale, rebuild it with `make install`"):
+        assert cpp.ops() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not cpp.has("steer_add")
+        assert dispatch.choose("steer_add", torch.zeros(2, 3, 4), None) == "torch"

@@ -43,3 +43,9 @@ def test_config_validation(bad, match):
 def test_config_presets():
     assert DemoConfig().n_train_skeletons == 12 and DemoConfig.full().n_train_skeletons == 36
     assert DemoConfig.full().grid != DemoConfig().grid and DemoConfig() != DemoConfig.full()
+
+
+def test_the_old_call_shape_fails_at_once_and_says_the_new_one(tiny_llama, tmp_path):
+    with pytest.raises(TypeError, match=r"config must be a DemoConfig .* the report folder is the "
+                                        "third argument"):
+        run_demo(tiny_llama, tmp_path)
