@@ -12,6 +12,28 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..data import EMOTIONS6
+from ..discovery import EMOTION_WORDS
+
+
+FEELING_WORDS = tuple(EMOTION_WORDS[e] for e in EMOTIONS6)
+
+
+def feeling_words_option():
+    """The field of the feeling-word metric (`emofast.discovery.emotion_metrics`)."""
+    return option(FEELING_WORDS, "the metric's feeling words per emotion, in the order "
+                  "anger;sadness;happiness;fear;surprise;disgust, e.g. angry,mad;sad;happy;"
+                  "scared;surprised;disgusted (each word's first token must be its own)")
+
+
+def words_by_emotion(config) -> dict[str, tuple[str, ...]]:
+    """{emotion: words} of a config's feeling_words, or ValueError unless each emotion has some."""
+    words = config.feeling_words
+    if len(words) != len(EMOTIONS6) or not all(words):
+        raise ValueError(f"feeling_words needs words for each of {', '.join(EMOTIONS6)}, got "
+                         f"{words}")
+    return dict(zip(EMOTIONS6, words))
+
 
 def option(default: Any, help: str):
     """A config field with its documentation (tuples and other immutables as defaults)."""

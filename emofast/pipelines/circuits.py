@@ -23,14 +23,15 @@ from .. import report
 from ..analysis import (EmotionDirections, UnitDifferences, cached_sev_directions,
                         unit_differences)
 from ..data import EMOTIONS6, VALENCES, load_skeletons, neutral_sentences, sev_prompts
-from ..discovery import (EMOTION_WORDS, SublayerImportance, assemble_circuit, emotion_metrics,
+from ..discovery import (SublayerImportance, assemble_circuit, emotion_metrics,
                          importance_prompts, sublayer_importance, unit_scores)
 from ..eval import EmotionJudge, steering_configs
 from ..eval.circuit_control import CONDITIONS, ControlComparison, compare_control
 from ..eval.control import FULL_GRID, QUICK_GRID
 from ..interventions import Circuit
 from ..models import Model
-from ._config import checked, option, positive, preset_name, report_folder
+from ._config import (checked, feeling_words_option, option, positive, preset_name,
+                      report_folder, words_by_emotion)
 
 
 @dataclass
@@ -57,15 +58,10 @@ class CircuitsConfig:
         QUICK_GRID, "steering configs to choose from, as the demo's --grid")
     max_new_tokens: int = option(24, "tokens generated per reply")
     n_ppl_texts: int = option(24, "neutral sentences for perplexity / KL")
-    feeling_words: tuple[tuple[str, ...], ...] = option(
-        tuple(EMOTION_WORDS[e] for e in EMOTIONS6), "the importance metric's feeling words per "
-        "emotion, in the order anger;sadness;happiness;fear;surprise;disgust, e.g. "
-        "angry,mad;sad;happy;scared;surprised;disgusted (each word's first token must be its own)")
+    feeling_words: tuple[tuple[str, ...], ...] = feeling_words_option()
 
     def __post_init__(self):
-        if len(self.feeling_words) != len(EMOTIONS6) or not all(self.feeling_words):
-            raise ValueError(f"feeling_words needs words for each of {', '.join(EMOTIONS6)}, "
-                             f"got {self.feeling_words}")
+        words_by_emotion(self)
         positive(self, "n_train_skeletons", "n_importance_skeletons", "n_val_skeletons",
                  "n_test_skeletons", "max_new_tokens", "n_ppl_texts")
         if self.n_direction_skeletons is not None:
@@ -146,7 +142,7 @@ def run_circuits(model: Model, config: CircuitsConfig | None = None,
     if not cfg.importance_per_emotion:  # every emotion's prompts, one metric
         prompts = [t for texts in prompts.values() for t in texts]
     imp = clock.run("importance", sublayer_importance, model, prompts,
-                    emotion_metrics(model, dict(zip(EMOTIONS6, cfg.feeling_words)),
+                    emotion_metrics(model, words_by_emotion(cfg),
                                     shared=not cfg.importance_per_emotion),
                     progress=progress)
     circuits = find_circuits(model, cfg, imp, dirs, diffs)

@@ -24,10 +24,11 @@ import torch
 from .. import report
 from ..analysis import default_directions
 from ..data import EMOTIONS6, load_skeletons
-from ..discovery import (EMOTION_WORDS, EmotionDiscovery, discover_emotion, emotion_metrics,
+from ..discovery import (EmotionDiscovery, discover_emotion, emotion_metrics,
                          importance_prompts)
 from ..models import Model
-from ._config import Report, checked, option, positive, preset_name, report_folder
+from ._config import (Report, checked, feeling_words_option, option, positive, preset_name,
+                      report_folder, words_by_emotion)
 
 METRIC = ("LogitDiff(emotion's feeling words, other emotions' words) after 'I feel', at the "
           "next token; effects are ablated - clean")
@@ -41,15 +42,10 @@ class DiscoverConfig:
     k_verify: int = option(32, "screen's top heads verified exactly")
     batch_size: int = option(16, "prompts per forward")
     emotions: tuple[str, ...] = option(EMOTIONS6, "emotions to discover")
-    feeling_words: tuple[tuple[str, ...], ...] = option(
-        tuple(EMOTION_WORDS[e] for e in EMOTIONS6), "the metric's feeling words per emotion, "
-        "in the order anger;sadness;happiness;fear;surprise;disgust (each word's first token "
-        "must be its own)")
+    feeling_words: tuple[tuple[str, ...], ...] = feeling_words_option()
 
     def __post_init__(self):
-        if len(self.feeling_words) != len(EMOTIONS6) or not all(self.feeling_words):
-            raise ValueError(f"feeling_words needs words for each of {', '.join(EMOTIONS6)}, "
-                             f"got {self.feeling_words}")
+        words_by_emotion(self)
         positive(self, "n_skeletons", "k_max", "k_verify", "batch_size")
         if not self.emotions or set(self.emotions) - set(EMOTIONS6):
             raise ValueError(f"emotions must be some of {EMOTIONS6}, got {self.emotions}")
@@ -90,7 +86,7 @@ def run_discover(model: Model, config: DiscoverConfig | None = None,
     start, out = report_folder(out)
     skeletons = load_skeletons("sev6", split="train")[:cfg.n_skeletons]
     prompts = importance_prompts(model, skeletons, emotions=cfg.emotions)
-    metrics = emotion_metrics(model, dict(zip(EMOTIONS6, cfg.feeling_words)))
+    metrics = emotion_metrics(model, words_by_emotion(cfg))
     dirs = default_directions(model, progress=progress)
     per = {e: discover_emotion(model, prompts[e], metrics[e], dirs, e, k_max=cfg.k_max,
                                k_verify=cfg.k_verify, batch_size=cfg.batch_size,
