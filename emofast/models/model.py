@@ -9,6 +9,8 @@ same activations: position ids are derived from the attention mask.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Mapping, Sequence
 
 import torch
@@ -26,6 +28,24 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     """Position ids [B, T] from an attention mask [B, T]: each row counts its real tokens from 0,
     so left and right padding give the same activations (every forward emofast runs uses this)."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def kv_cache_kwargs(module, cache, use_cache: bool) -> dict:
+    """The forward keywords that hand `module` (a HF base model) a KV cache: `cache=` since
+    transformers 5.24 deprecated `past_key_values=` (removed in 5.40), the old name before."""
+    key = "cache" if "cache" in _forward_params(type(module)) else "past_key_values"
+    return {key: cache, "use_cache": use_cache}
+
+
+def returned_cache(out):
+    """The KV cache a HF forward returned (`cache` since transformers 5.24, else
+    `past_key_values`)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
+@functools.cache
+def _forward_params(cls) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
 
 
 class Model:

@@ -5,7 +5,7 @@ chunk computes exactly what the clean run computed below layer f and before posi
 or T - 1 when only the last token is edited). So `run_chunk` runs only the rest:
 - layers < f are swapped for `_Skip` modules inside the unmodified HF forward; the last one
   returns the clean resid_pre of layer f (positions >= s), shared by every variant;
-- positions < s come from the clean key/value cache (`past_key_values`), so layers >= f compute
+- positions < s come from the clean key/value cache (`cache=`), so layers >= f compute
   T - s positions per row, one position per layer when the last token is edited;
 - each row's ablation is applied by `masked_ablate`, each row's addition by `steer_add`;
 - only the last position goes through the final norm and the unembedding.
@@ -22,7 +22,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..kernels import masked_ablate
-from ..models import Model, position_ids
+from ..models import Model, kv_cache_kwargs, position_ids
 from .batches import padded_starts
 from .clean import CleanState, clean_pass, readout, readout_hook, repeat_readout
 from .job import Job, finish
@@ -102,7 +102,8 @@ def run_chunk(model: Model, state: CleanState, chunk: Chunk, metric: Metric, *,
     with _skip_layers(model, f, start_hidden, state.tuple_blocks), model.hooks(hooks):
         out = model.hf.base_model(input_ids=b.ids[:, s:].repeat(V_c, 1), attention_mask=mask,
                                   position_ids=position_ids(mask)[:, s:],
-                                  past_key_values=cache, use_cache=cache is not None)
+                                  **kv_cache_kwargs(model.hf.base_model, cache,
+                                                    cache is not None))
     clean = None
     if metric.reads == "logits":
         clean = state.readout.clean_logprobs.repeat(V_c, 1)

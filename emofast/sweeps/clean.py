@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models import Model, position_ids
+from ..models import Model, position_ids, returned_cache
 from .batches import Batch
 from .metrics import Metric, Readout
 
@@ -95,7 +95,7 @@ def clean_pass(model: Model, batches: list[Batch], metric: Metric, *, first_laye
             logprobs = model.hf.get_output_embeddings()(hidden_last).float().log_softmax(-1)
         kv = None
         if keep:
-            kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            kv = [(layer.keys, layer.values) for layer in returned_cache(out).layers]
         states.append(CleanState(b, readout(model, metric, hidden_last, seen, logprobs), kv,
                                  resid_pre, returns[0]))
         if sources is not None and patch_keys:
