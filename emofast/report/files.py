@@ -1,4 +1,7 @@
-"""JSON writing for report folders: stable, pretty, plain JSON only.
+"""Final files, written whole or not at all: JSON, tensors, any file through `atomic_path`.
+
+Every final file emofast writes goes to a temporary name beside it and is renamed into place
+(`os.replace`, atomic on POSIX), so a kill or an error never leaves a half-written file.
 
 Metrics are written with `write_json(path, obj)`. Torch tensors, numpy arrays and numpy
 scalars become plain numbers / nested lists, tuples become lists; keys keep their insertion
@@ -11,15 +14,17 @@ ever pickled or silently stringified.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["write_json", "to_jsonable"]
+__all__ = ["atomic_path", "write_json", "to_jsonable", "save_tensors", "load_tensors"]
 
 
 def _key_path(path: tuple[str | int, ...]) -> str:
@@ -76,6 +81,51 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """
     path = Path(path)
     text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n", encoding="utf-8")
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed onto `path` when the block ends
+    without an error, removed otherwise. Parent directories are created.
+
+        with atomic_path(out / "plot.png") as tmp:
+            fig.savefig(tmp, format="png")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """safetensors' `save_file`, atomically (contiguous CPU copies of `tensors`)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                  metadata=metadata)
+    return path
+
+
+def load_tensors(path: str | Path) -> dict:
+    """safetensors' `load_file` with the file named in the error when it is not a whole
+    safetensors file (truncated, garbage, missing)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}): it was truncated "
+                         "or overwritten; write it again") from None

@@ -22,6 +22,8 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
+from emofast.report.files import atomic_path
+
 __all__ = ["Section", "Table", "write_index"]
 
 
@@ -132,7 +134,7 @@ def write_index(dir: str | Path, title: str, sections: list[Section]) -> Path:
         f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
         f"<h1>{_esc(title)}</h1>\n{body}\n</main>\n<footer>{footer}</footer>\n</body>\n</html>\n"
     )
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "index.html"
-    path.write_text(page, encoding="utf-8")
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path

@@ -33,14 +33,20 @@ variants into chunks that fit `memory_budget` and each chunk runs from the clean
 variants holding other Interventions cannot be packed and run as the loop engine runs them (said
 once). Both engines give the same numbers (tests/sweeps).
 
-Output folder (`out`): finished pieces are stored as they complete (`emofast.sweeps.store`); a
-sweep called again with the same out, model, prompts, variants, metric and scope computes only
-what is missing, and the end writes results.json and results.safetensors.
+Output folder (`out`): finished pieces are stored as they complete, each checked by its sha256
+when read back (`emofast.sweeps.store`); a sweep called again with the same out, model (weights,
+dtype, device kind), prompts, variants, metric, scope, engine and batch size computes only what
+is missing, a folder of another sweep refuses, a damaged part stops the sweep unless
+`repair=True` recomputes exactly the damaged parts, and the end writes results.json and
+results.safetensors (atomically). One run at a time writes into a folder (a lock); Ctrl-C says
+how much is saved. A variant whose metric is not finite (inf/nan: e.g. a steer far too strong)
+stops the sweep with an error naming it.
 """
 from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from typing import Literal, NamedTuple, Sequence
 
 import torch
@@ -48,10 +54,12 @@ from tqdm.auto import tqdm
 
 from ..interventions.base import Intervention
 from ..models import Model
+from ..report.lock import folder_lock
 from ..sites import Scope, legacy_scope
+from ..validation import Interrupted, positive_int, texts
 from .batched import run_batched
 from .batches import encode_batches
-from .job import Job
+from .job import Job, check_finite
 from .loop import run_loop
 from .metrics import Metric
 from .plan import Add, Edit, Variant
@@ -76,15 +84,16 @@ def sweep(model: Model, prompts: Sequence[str],
           engine: Literal["batched", "loop"] = "batched", scope: Scope | str | None = None,
           batch_size: int = 32, memory_budget: int | None = None,
           out: str | os.PathLike | None = None, sources: Sequence[str] | None = None,
-          progress: bool = True, positions=None) -> SweepResult:
+          progress: bool = True, repair: bool = False, positions=None) -> SweepResult:
     """Run every variant on every prompt and measure `metric` (see the module docstring).
 
     prompts are texts as the model should see them (apply `model.chat_text` first if wanted);
     scope: "all" (default), "last" or "from:p"; batch_size prompts share one forward (batched:
     times the chunk's variants); memory_budget (bytes; default a quarter of free device memory)
     bounds a batched chunk by the planner's estimate; loop ignores it. out: a folder for
-    resumable results; sources: one source text per prompt, for "patch" edits. `positions=` is
-    the deprecated old name of `scope` (an int p meant "from:p")."""
+    resumable results (`repair`: recompute its damaged parts); sources: one source text per
+    prompt, for "patch" edits. `positions=` is the deprecated old name of `scope` (an int p
+    meant "from:p")."""
     t0 = time.perf_counter()
     scope = legacy_scope(positions, scope, where="sweep", int_means="from").require(
         "sweep", "all", "last", "from")
@@ -96,16 +105,35 @@ def sweep(model: Model, prompts: Sequence[str],
     head = model.hf.get_output_embeddings()
     metric.check(getattr(head, "out_features", None) or model.hf.config.vocab_size,
                  model.d_model, model.n_layers)
-    if memory_budget is not None and memory_budget <= 0:
-        raise ValueError(f"memory_budget must be > 0 bytes, got {memory_budget}")
+    prompts = texts(prompts, "sweep prompts")
+    batch_size = positive_int(batch_size, "batch_size")
+    if memory_budget is not None:
+        memory_budget = positive_int(memory_budget, "memory_budget (bytes)")
     batches = encode_batches(model, prompts, batch_size)
     variants, table = _scoped(model, variants, scope, n_prompts=batches[-1].stop)
     _check_reach(variants, batches)
     src_batches = _sources(model, batches, variants, sources, scope.kind == "last", batch_size)
-    store = None
-    if out is not None:
-        store = SweepStore(out, fingerprint(model, prompts, variants, metric, scope, sources,
-                                            table))
+    with folder_lock(out) if out is not None else nullcontext():
+        store = None if out is None else SweepStore(out, fingerprint(
+            model, prompts, variants, metric, scope, sources, table, engine=engine,
+            batch_size=batch_size), repair=repair)
+        try:
+            result = _compute(model, batches, src_batches, variants, table, metric, scope.kind,
+                              engine, memory_budget, store, progress)
+        except KeyboardInterrupt:
+            if store is None:
+                raise
+            raise Interrupted(f"sweep interrupted: {len(store.done)} of {len(variants)} variants "
+                              f"are saved in {out}; run the same sweep again to resume") from None
+        result = result._replace(elapsed_s=time.perf_counter() - t0)
+        if out is not None:
+            write_results(out, result, variants, metric, scope, table)
+    return result
+
+
+def _compute(model, batches, src_batches, variants, table, metric, scope_kind: str, engine: str,
+             memory_budget, store, progress: bool) -> SweepResult:
+    """The variants not in `store` computed, the stored ones read back (elapsed_s left 0)."""
     done = store.done if store else {}
     per_prompt = torch.empty(len(variants), batches[-1].stop, device=model.device)
     for i, row in done.items():
@@ -115,16 +143,14 @@ def sweep(model: Model, prompts: Sequence[str],
     if todo:
         bar = tqdm(total=len(variants), initial=len(variants) - len(todo), unit="variant",
                    desc=f"sweep ({engine})", disable=not progress)
-        job = Job(model, batches, src_batches, variants, table, metric, scope.kind == "last",
+        job = Job(model, batches, src_batches, variants, table, metric, scope_kind == "last",
                   per_prompt, store, bar, memory_budget)
         splits = _run(job, todo, engine)
         bar.close()
     per_prompt = per_prompt.float().cpu()  # the one host sync without `out`
-    result = SweepResult(per_prompt.mean(1), per_prompt, engine, time.perf_counter() - t0,
-                         len(variants) - len(todo), splits)
-    if out is not None:
-        write_results(out, result, variants, metric, scope, table)
-    return result
+    check_finite(variants, torch.arange(len(variants)), per_prompt)
+    return SweepResult(per_prompt.mean(1), per_prompt, engine, 0.0, len(variants) - len(todo),
+                       splits)
 
 
 def _run(job: Job, todo: list[int], engine: str) -> int:

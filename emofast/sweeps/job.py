@@ -7,6 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models import Model
+from ..validation import NonFiniteError
 from .batches import Batch
 from .metrics import Metric
 from .steer import AdditionTable
@@ -29,11 +30,24 @@ class Job(NamedTuple):
 
 
 def finish(job: Job, ids: list[int] | torch.Tensor) -> None:
-    """A piece of variants is complete: store it (with `out`) and advance the bar."""
+    """A piece of variants is complete: store it (with `out`, refusing non-finite values) and
+    advance the bar."""
     ids = torch.as_tensor(ids, dtype=torch.long)
     if job.store is not None:
-        job.store.add(ids, job.per_prompt[ids.to(job.per_prompt.device)])
+        values = job.per_prompt[ids.to(job.per_prompt.device)].cpu()
+        check_finite(job.variants, ids, values)
+        job.store.add(ids, values)
     job.bar.update(len(ids))
+
+
+def check_finite(variants: list[tuple], ids: torch.Tensor, values: torch.Tensor) -> None:
+    """NonFiniteError naming the first variants whose values [n, n_prompts] hold inf or nan."""
+    bad = ids[~torch.isfinite(values).all(1)].tolist()
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise NonFiniteError(f"sweep: variant {bad[0]}{more} gives a non-finite metric "
+                             f"(inf/nan): {list(variants[bad[0]])} breaks the model's "
+                             "activations; lower its strength or drop it")
 
 
 def edit_keys(variants, mode: str) -> set[tuple[int, str]]:

@@ -1,12 +1,17 @@
-"""A sweep's output folder: per-piece results as they finish, so an interrupted sweep resumes.
+"""A sweep's output folder: finished chunks as they complete, verified when read back, so an
+interrupted or damaged sweep resumes with exactly the results it can trust.
 
-    DIR/sweep.json              what the sweep is (model, prompts, variants, metric, scope):
-                                a resumed sweep must match it exactly
-    DIR/parts/NNNNN.safetensors variant_ids [n] int64, per_prompt [n, n_prompts] fp32
-    DIR/results.safetensors     values [V], per_prompt [V, n_prompts] (written at the end)
-    DIR/results.json            see `write_results`
+    DIR/store.json, DIR/manifest.json, DIR/parts/*   a PartStore (emofast.report.parts) of kind
+        "sweep": each part is a finished chunk, variant_ids [n] int64 + per_prompt
+        [n, n_prompts] fp32, named after its variant ids and prompts ("v000012-000019-<sha>")
+    DIR/results.safetensors   values [V], per_prompt [V, n_prompts] (written at the end)
+    DIR/results.json          see `write_results`
 
-Each part is written to a temporary name and renamed, so a kill leaves whole parts only.
+The fingerprint (`fingerprint`) holds everything that changes a value: the model's identity
+(weights' sha256, dtype, device kind, quantization, attention implementation, torch and
+transformers versions: `emofast.models.identity`), the prompts, sources, variants, steering
+table, metric, scope, engine and batch size. A folder holding another sweep refuses, naming
+what differs.
 """
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from ..report.files import write_json
+from ..models.identity import model_identity
+from ..report.files import save_tensors, write_json
+from ..report.parts import PartStore, StoreError
 from ..sites import Scope
 from .plan import Add, Edit
 
@@ -30,28 +36,25 @@ def positions_json(scope: Scope) -> str | int:
 
 
 def fingerprint(model, prompts: Sequence[str], variants: Sequence[tuple], metric, scope: Scope,
-                sources: Sequence[str] | None, additions=None) -> dict:
-    """What must be equal for stored results to be reused."""
+                sources: Sequence[str] | None, additions=None, *, engine: str = "batched",
+                batch_size: int = 32) -> dict:
+    """What must be equal for stored results to be reused (see the module docstring)."""
     def sha(obj) -> str:
-        return hashlib.sha1(json.dumps(obj).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(obj).encode()).hexdigest()
 
-    cfg = model.hf.config
-    return {"model": model.name, "model_type": cfg.model_type, "n_layers": model.n_layers,
-            "d_model": model.d_model, "vocab_size": cfg.vocab_size,
-            "prompts_sha1": sha(list(prompts)), "n_prompts": len(prompts),
-            "sources_sha1": sha(list(sources)) if sources is not None else None,
-            "variants_sha1": sha([[edit_json(e) for e in v] for v in variants]),
-            "n_variants": len(variants), "metric": repr(metric),
-            "positions": positions_json(scope),
-            "steer_sha1": None if additions is None else _additions_sha1(additions)}
+    return {"model": model_identity(model),
+            "prompts_sha256": sha(list(prompts)), "n_prompts": len(prompts),
+            "sources_sha256": sha(list(sources)) if sources is not None else None,
+            "variants_sha256": sha([[edit_json(e) for e in v] for v in variants]),
+            "n_variants": len(variants), "metric": repr(metric), "scope": str(scope),
+            "steer_sha256": None if additions is None else _additions_sha256(additions),
+            "engine": engine, "batch_size": batch_size}
 
 
-def _additions_sha1(additions) -> str:
-    """The table's hash, in the encoding of the folders written before `scale` (rms as bools),
-    so that those still resume."""
-    rms = torch.tensor([scale == "rms" for scale in additions.scales])
-    return hashlib.sha1(additions.vectors.numpy().tobytes() + json.dumps(additions.alphas).encode()
-                        + rms.numpy().tobytes() + json.dumps(additions.labels).encode()).hexdigest()
+def _additions_sha256(additions) -> str:
+    h = hashlib.sha256(additions.vectors.float().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps([additions.alphas, list(additions.scales), additions.labels]).encode())
+    return h.hexdigest()
 
 
 def edit_json(e) -> dict:
@@ -59,44 +62,47 @@ def edit_json(e) -> dict:
     if isinstance(e, Edit):
         return {"layer": e.layer, "site": e.site, "units": list(e.units), "mode": e.mode,
                 "pos_start": e.pos_start}
-    if isinstance(e, Add):  # as folders written before Add encoded it, so those still resume
-        return {"layer": e.layer, "site": "resid", "units": [e.entry], "mode": "steer",
+    if isinstance(e, Add):
+        return {"layer": e.layer, "site": "resid_post", "entry": e.entry, "mode": "steer",
                 "pos_start": e.pos_start}
     return e.describe()
 
 
 class SweepStore:
-    """Results of finished pieces under `out`; `done` maps variant id -> [n_prompts] values."""
+    """The verified results of finished chunks under `out`; `done` maps variant id ->
+    [n_prompts] values. `repair` recomputes exactly the parts that fail their checks."""
 
-    def __init__(self, out: str | os.PathLike, fp: dict):
+    def __init__(self, out: str | os.PathLike, fp: dict, *, repair: bool = False, log=None):
         self.dir = Path(out)
-        self.parts = self.dir / "parts"
-        self.parts.mkdir(parents=True, exist_ok=True)
-        manifest = self.dir / "sweep.json"
-        if manifest.exists():
-            old = json.loads(manifest.read_text())
-            diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
-            if diff:
-                raise ValueError(f"{self.dir} holds a different sweep ({', '.join(diff)} "
-                                 "differ): give another output folder or delete it")
-        else:
-            write_json(manifest, fp)
+        n_variants, n_prompts = fp["n_variants"], fp["n_prompts"]
+
+        def check(name: str, t: dict) -> str | None:
+            ids, vals = t.get("variant_ids"), t.get("per_prompt")
+            if ids is None or vals is None or ids.dim() != 1 or vals.shape != (len(ids), n_prompts):
+                return "does not hold variant_ids [n] and per_prompt [n, n_prompts]"
+            if len(ids) and not (0 <= int(ids.min()) and int(ids.max()) < n_variants):
+                return f"names variants outside 0..{n_variants - 1}"
+            return None
+
+        self.store = PartStore(out, "sweep", fp, repair=repair, check=check, log=log)
         self.done: dict[int, torch.Tensor] = {}
-        for part in sorted(self.parts.glob("*.safetensors")):
-            t = load_file(part)
+        owner: dict[int, str] = {}
+        for name, t in self.store.tensors.items():
             for i, row in zip(t["variant_ids"].tolist(), t["per_prompt"]):
+                if i in owner:
+                    raise StoreError(f"{self.dir}: variant {i} is stored twice ({owner[i]} and "
+                                     f"{name}): the folder was edited by hand; delete it")
+                owner[i] = name
                 self.done[i] = row
-        self._next = len(list(self.parts.glob("*.safetensors")))
 
     def add(self, variant_ids: torch.Tensor, per_prompt: torch.Tensor) -> None:
-        """Store finished variants [n] with their values [n, n_prompts]."""
+        """Store finished variants [n] with their values [n, n_prompts], as one part named after
+        its variant ids (all prompts)."""
         ids = variant_ids.cpu().long().contiguous()
         vals = per_prompt.float().cpu().contiguous()
-        path = self.parts / f"{self._next:05d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file({"variant_ids": ids, "per_prompt": vals}, tmp)
-        os.replace(tmp, path)
-        self._next += 1
+        sha = hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:12]
+        name = f"v{int(ids.min()):06d}-{int(ids.max()):06d}-p0-{vals.shape[1]}-{sha}"
+        self.store.put(name, {"variant_ids": ids, "per_prompt": vals})
         self.done.update(zip(ids.tolist(), vals))
 
 
@@ -114,7 +120,7 @@ def write_results(out: str | os.PathLike, result, variants: Sequence[tuple], met
     tensors = {"values": result.values.contiguous(), "per_prompt": result.per_prompt.contiguous()}
     if additions is not None:
         tensors["steer_vectors"] = additions.vectors.contiguous()
-    save_file(tensors, out / "results.safetensors")
+    save_tensors(out / "results.safetensors", tensors)
 
     def entries(e) -> list[dict]:
         if isinstance(e, Add):

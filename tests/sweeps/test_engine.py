@@ -158,7 +158,7 @@ def test_resume_after_interruption(tmp_path, engine):
     torch.testing.assert_close(res.per_prompt, whole.per_prompt, atol=1e-6, rtol=0)
     again = sweep(model, PROMPTS, variants, Interrupting([65], [66]), out=tmp_path, **kw)
     assert again.resumed == len(variants)
-    with pytest.raises(ValueError, match="holds a different sweep .*variants_sha1"):
+    with pytest.raises(ValueError, match="different sweep .*variants_sha256"):
         sweep(model, PROMPTS, variants[:5], LogitDiff([65], [66]), out=tmp_path, **kw)
 
 

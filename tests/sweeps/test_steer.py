@@ -140,7 +140,7 @@ def test_results_json_and_resume(tmp_path):
     again = sweep(model, PROMPTS, variants, KL(), out=tmp_path, progress=False)
     assert again.resumed == 2 and torch.equal(again.values, res.values)
     other = [[Steer(1, v + 1, 2.5, label="anger")], variants[1]]
-    with pytest.raises(ValueError, match="different sweep .*steer_sha1"):
+    with pytest.raises(ValueError, match="different sweep .*steer_sha256"):
         sweep(model, PROMPTS, other, KL(), out=tmp_path, progress=False)
 
 
