@@ -110,6 +110,16 @@ def _replace_first(x, new):
     return (new,) + tuple(x[1:]) if isinstance(x, tuple) else new
 
 
+def _check_returned(new, act, site: Site) -> None:
+    """A hook returns None or a tensor shaped like the activation it was given."""
+    if not isinstance(new, torch.Tensor):
+        raise TypeError(f"hook on {site} returned a {type(new).__name__}: return None (read "
+                        f"only) or a tensor of shape {tuple(act.shape)}")
+    if new.shape != act.shape:
+        raise ValueError(f"hook on {site} returned shape {tuple(new.shape)}, "
+                         f"expected {tuple(act.shape)}")
+
+
 def _install(adapter: Modules, site: Site, fn: HookFn):
     """Register one hook on the module that carries `site`; returns the handle."""
     kind, layer = site.kind, site.layer
@@ -131,9 +141,7 @@ def _install(adapter: Modules, site: Site, fn: HookFn):
             if kind == "resid_mid":
                 raise ValueError(f"{site} is read-only: write attn_out of layer {layer} or "
                                  f"resid_pre of layer {layer + 1} instead")
-            if new.shape != view.shape:
-                raise ValueError(f"hook on {site} returned shape {tuple(new.shape)}, "
-                                 f"expected {tuple(view.shape)}")
+            _check_returned(new, view, site)
             return (new.flatten(-2) if kind == "attn_z" else new,) + tuple(args[1:]), kwargs
 
         return adapter.module(layer, part).register_forward_pre_hook(pre_hook, with_kwargs=True)
@@ -145,9 +153,7 @@ def _install(adapter: Modules, site: Site, fn: HookFn):
         new = fn(x, site)
         if new is None:
             return None
-        if new.shape != x.shape:
-            raise ValueError(f"hook on {site} returned shape {tuple(new.shape)}, "
-                             f"expected {tuple(x.shape)}")
+        _check_returned(new, x, site)
         return _replace_first(output, new)
 
     return adapter.module(layer, part).register_forward_hook(post_hook)

@@ -54,7 +54,7 @@ def integer(x: Any, name: str, *, lo: int | None = None, hi: int | None = None) 
     x = int(x)
     if lo is not None and x < lo or hi is not None and x > hi:
         where = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in {lo}..{hi}"
-        raise ValueError(f"{name} must be {where}, got {x}")
+        raise ValueError(f"{name} must be an integer {where}, got {x}")
     return x
 
 
@@ -89,27 +89,27 @@ def texts(xs: Any, name: str) -> list[str]:
     return list(xs)
 
 
-def device(spec: str | torch.device | None) -> str:
+def device(spec: str | torch.device | None, name: str = "device") -> str:
     """A device this machine has: "cpu", "cuda", "cuda:N" (N < the GPU count) or "mps"."""
     if spec is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(spec)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {spec!r}: use cpu, cuda or cuda:N") from None
+        raise ValueError(f"unknown {name} {spec!r}: use cpu, cuda or cuda:N") from None
     if dev.type == "cpu":
         return str(dev)
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            raise ValueError(f"device {spec!r}: this machine has no CUDA device; use cpu")
+            raise ValueError(f"{name} {spec!r}: this machine has no CUDA device; use cpu")
         if dev.index is not None and dev.index >= n:
-            raise ValueError(f"device {spec!r}: this machine has {n} CUDA device(s) "
+            raise ValueError(f"{name} {spec!r}: this machine has {n} CUDA device(s) "
                              f"(cuda:0..cuda:{n - 1})")
         return str(dev)
     if dev.type == "mps" and torch.backends.mps.is_available():
         return "mps"
-    raise ValueError(f"device {spec!r} is not available here: use cpu or cuda")
+    raise ValueError(f"{name} {spec!r} is not available here: use cpu or cuda")
 
 
 def arg(check: Callable, convert: Callable = None) -> Callable[[str], Any]:

@@ -28,9 +28,11 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from ..report.files import load_tensors, save_tensors, write_json
+from ..sites import parse_site
 
 
 @dataclass
@@ -42,12 +44,15 @@ class LinearProbe:
     mean: Tensor  # [d_model] training feature mean
     std: Tensor  # [d_model] training feature std (1 where a feature was constant)
     classes: list[str]  # name of each logit, sorted
+    site: str | None = None  # where its features were read ("L12.resid_post"); None: unknown
 
     def __post_init__(self) -> None:
         self.weight, self.bias, self.mean, self.std = (
             t.detach().to(torch.float32).contiguous() for t in (self.weight, self.bias, self.mean, self.std)
         )
         self.classes = [str(c) for c in self.classes]
+        if self.site is not None:
+            self.site = str(parse_site(self.site))
         E, d_model = self.weight.shape
         if len(self.classes) != E:
             raise ValueError(f"classes has {len(self.classes)} entries but weight has {E} rows")
@@ -56,6 +61,18 @@ class LinearProbe:
                 f"expected bias [{E}], mean [{d_model}], std [{d_model}] for weight [{E}, {d_model}]; got "
                 f"{list(self.bias.shape)}, {list(self.mean.shape)}, {list(self.std.shape)}"
             )
+
+    def require_site(self, site: str) -> None:
+        """ValueError unless the probe was fitted at `site` (or its site is unknown): a probe
+        read elsewhere answers about activations it never saw."""
+        if self.site is not None and str(parse_site(site)) != self.site:
+            raise ValueError(f"this probe was fitted on {self.site} activations; reading it at "
+                             f"{parse_site(site)} gives meaningless probabilities: read "
+                             f"{self.site} or fit a probe there")
+
+    @property
+    def layer(self) -> int | None:
+        return None if self.site is None else parse_site(self.site).layer
 
     def logits(self, x: Tensor) -> Tensor:
         """[N, d_model] -> [N, E]."""
@@ -73,13 +90,12 @@ class LinearProbe:
         return [self.classes[i] for i in self.logits(x).argmax(dim=-1).tolist()]
 
     def save(self, path_prefix: str | os.PathLike) -> None:
-        """Write `{path_prefix}.safetensors` (weight, bias, mean, std) and `{path_prefix}.json` (classes)."""
+        """Write `{path_prefix}.safetensors` (weight, bias, mean, std) and `{path_prefix}.json`
+        (classes, site)."""
         path_prefix = str(path_prefix)
-        os.makedirs(os.path.dirname(path_prefix) or ".", exist_ok=True)
         tensors = {"weight": self.weight, "bias": self.bias, "mean": self.mean, "std": self.std}
-        save_file(tensors, path_prefix + ".safetensors")
-        with open(path_prefix + ".json", "w") as f:
-            json.dump({"classes": self.classes}, f, indent=2)
+        save_tensors(path_prefix + ".safetensors", tensors)
+        write_json(path_prefix + ".json", {"classes": self.classes, "site": self.site})
 
     @classmethod
     def load(cls, path_prefix: str | os.PathLike) -> LinearProbe:
@@ -88,9 +104,12 @@ class LinearProbe:
         for ext in (".safetensors", ".json"):
             if not os.path.exists(path_prefix + ext):
                 raise FileNotFoundError(f"{path_prefix + ext} not found: pass the prefix LinearProbe.save was given")
-        with open(path_prefix + ".json") as f:
-            info = json.load(f)
-        return cls(**load_file(path_prefix + ".safetensors"), classes=info["classes"])
+        try:
+            info = json.loads(open(path_prefix + ".json", encoding="utf-8").read())
+            classes, site = info["classes"], info.get("site")
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{path_prefix}.json is not a probe's JSON (classes, site)") from None
+        return cls(**load_tensors(path_prefix + ".safetensors"), classes=classes, site=site)
 
 
 def _check_rows(acts: Tensor, labels: Sequence[str], name: str) -> list[str]:
@@ -139,10 +158,11 @@ def fit_logistic(x: Tensor, y: Tensor, n_classes: int, *, l2: float, max_iter: i
 
 
 def fit_probe(
-    acts: Tensor, labels: Sequence[str], *, l2: float = 1e-3, max_iter: int = 200, seed: int = 0
+    acts: Tensor, labels: Sequence[str], *, l2: float = 1e-3, max_iter: int = 200, seed: int = 0,
+    site: str | None = None,
 ) -> LinearProbe:
     """Fit multinomial logistic regression (`fit_logistic`, fp32) on standardised acts
-    [N, d_model].
+    [N, d_model] read at `site` (recorded: the probe refuses to be read elsewhere).
 
     Features are standardised with the training mean/std; constant features get std 1. `seed`
     draws the small initial weights, so a fit is deterministic for a given seed.
@@ -160,7 +180,7 @@ def fit_probe(
     gen = torch.Generator().manual_seed(seed)
     init = torch.randn(len(classes), x.shape[1], generator=gen) * 1e-3  # [E, d_model]
     weight, bias = fit_logistic(z, y, len(classes), l2=l2, max_iter=max_iter, init_weight=init)
-    return LinearProbe(weight, bias, mean, std, classes)
+    return LinearProbe(weight, bias, mean, std, classes, site)
 
 
 def centroid_classify(train_acts: Tensor, train_labels: Sequence[str], test_acts: Tensor) -> list[str]:

@@ -6,8 +6,10 @@ a pipeline or library function; `emofast <command> --help` explains each.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from ..validation import Interrupted
 from . import demo, directions, discover, judge, steer, sweep
 
 COMMANDS = (demo, directions, steer, sweep, discover, judge)
@@ -24,11 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A bad input, a refused folder or a damaged store is one line on stderr
+    and exit code 2 (EMOFAST_TRACEBACK=1 shows the traceback instead); Ctrl-C is one line
+    saying what was saved, exit code 130."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # what was typed, for records such as the judge head's "command"
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, OSError, ImportError) as e:
-        print(f"emofast {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        said = str(e) if isinstance(e, Interrupted) else "interrupted"
+        print(f"emofast {args.command}: {said}", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, LookupError, OSError, ImportError) as e:
+        if os.environ.get("EMOFAST_TRACEBACK"):
+            raise
+        print(f"emofast {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -15,15 +15,19 @@ import warnings
 from typing import Any, Literal
 
 from ..models import DEFAULT_MODEL, Model, load_model
+from ..models.loading import DTYPES
 from ..sites import Scope
+from ..validation import arg, device
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"hub id, local folder, or {DEFAULT_MODEL!r} (embedded, the default)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 "
-                   "(default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--device", default=None, type=arg(device),
+                   help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), metavar="DTYPE",
+                   help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on "
+                   "CUDA)")
     p.add_argument("--quantization", choices=["int8", "nf4", "fp4"], default=None,
                    help="load the model quantized with bitsandbytes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

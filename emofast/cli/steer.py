@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 from ..analysis import default_directions
+from ..data import EMOTIONS6
 from ..interventions import Steering, generate
+from ..interventions.steering import SCOPES
 from ..sites import parse_layers
+from ..validation import arg, finite, positive_int
 from . import common
 from .common import add_model_flags, scope_flag
 
@@ -14,7 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--emotion", required=True, help="an emotion of the directions (sev6: anger, "
                    "sadness, happiness, fear, surprise, disgust)")
     p.add_argument("--layers", required=True, help="'12', '10-13' or '4,8'")
-    p.add_argument("--alpha", type=float, required=True, help="strength (0 = unsteered)")
+    p.add_argument("--alpha", type=arg(finite), required=True, metavar="X",
+                   help="strength (0 = unsteered)")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     p.add_argument("--directions", default=None, help="folder from `emofast directions` or the "
                    "demo (default: sev6 directions of --model, computed once and cached)")
@@ -25,7 +29,7 @@ def add_parser(sub) -> None:
                    "forward)")
     p.add_argument("--positions", default=None, help="deprecated: use --scope (an int k meant "
                    "last:k)")
-    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--max-new-tokens", type=arg(positive_int), default=40, metavar="N")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--compare", action="store_true", help="also print the unsteered reply")
     p.set_defaults(fn=run)
@@ -33,9 +37,13 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     scope = scope_flag(args, "steer", int_means="last")
+    scope.require("steering", *SCOPES)
+    if args.directions is None and args.emotion not in EMOTIONS6:
+        raise ValueError(f"--emotion {args.emotion!r}: the default sev6 directions have "
+                         f"{', '.join(EMOTIONS6)}")
     model = common.load(args)
+    layers = parse_layers(args.layers, model.n_layers)  # before directions are computed
     dirs = default_directions(model, args.directions, progress=not args.quiet)
-    layers = parse_layers(args.layers, model.n_layers)
     steering = Steering.single(dirs, args.emotion, layers, args.alpha, model.n_layers,
                                scope=scope, scale=args.scale)
     prompts = list(args.prompt)

@@ -13,12 +13,14 @@ an interrupted run resumes when started again with the same arguments. The spell
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 from ..analysis import default_directions
 from ..sweeps import sweep
 from ..sweeps.specs import METRICS, load_prompts, metric_from_spec, variants_from_spec
 from . import common
+from ..validation import arg, integer, numbers_list, positive, positive_int
 from .common import add_model_flags, deprecated, scope_flag
 
 
@@ -28,7 +30,8 @@ def add_parser(sub) -> None:
     add_model_flags(p)
     p.add_argument("--prompts", required=True, help="FILE.jsonl ('prompt' or 'text' per line), "
                    "FILE.txt (one per line) or a built-in dataset (basic4, sev6)")
-    p.add_argument("--limit", type=int, default=None, help="use the first N prompts")
+    p.add_argument("--limit", type=arg(positive_int), default=None, metavar="N",
+                   help="use the first N prompts")
     p.add_argument("--chat", action="store_true", help="apply the chat template (default: plain "
                    "text with the tokenizer's defaults)")
     p.add_argument("--variants", required=True, help="heads | neurons:LAYERS (e.g. "
@@ -54,16 +57,20 @@ def add_parser(sub) -> None:
     p.add_argument("--tokens-a", default=None, help="comma-separated token ids or one-token texts")
     p.add_argument("--tokens-b", default=None, help="as --tokens-a (logit_diff)")
     p.add_argument("--emotion", default=None, help="projection/probe: the emotion")
-    p.add_argument("--layer", type=int, default=None, help="projection/probe: resid_post layer "
-                   "read (default: the last)")
+    p.add_argument("--layer", type=arg(integer), default=None, metavar="L",
+                   help="projection/probe: resid_post layer read (default: projection the last, "
+                   "probe its own)")
     p.add_argument("--directions", default=None, help="projection and steer: folder from "
                    "`emofast directions` (default: the model's sev6 directions, cached)")
     p.add_argument("--probe", default=None, help="probe: path prefix from `emofast directions`")
     p.add_argument("--engine", choices=["batched", "loop"], default="batched")
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per forward")
-    p.add_argument("--memory-budget", type=float, default=None,
+    p.add_argument("--batch-size", type=arg(positive_int), default=32, metavar="N",
+                   help="prompts per forward")
+    p.add_argument("--memory-budget", type=arg(positive), default=None, metavar="GIB",
                    help="GiB per batched chunk (default: a quarter of free memory)")
     p.add_argument("--out", required=True, help="output folder (resumable)")
+    p.add_argument("--repair", action="store_true", help="recompute exactly the parts of --out "
+                   "that fail their checksum (truncated or changed files), keep the rest")
     p.set_defaults(fn=run)
 
 
@@ -77,16 +84,33 @@ def scale_of(args) -> str:
     return "rms"
 
 
-def _floats(spec: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in spec.split(",")]
-    except ValueError:
-        raise ValueError(f"{what} {spec!r}: give comma-separated numbers, e.g. 2,4,8") from None
+# flags each metric reads, and the variant kinds --mode, --alphas and --scale apply to
+_METRIC_FLAGS = {"kl": (), "logit_diff": ("tokens_a", "tokens_b"), "logprob": ("tokens_a",),
+                 "projection": ("emotion", "layer", "directions"),
+                 "probe": ("emotion", "layer", "probe")}
+_DEFAULTS = {"mode": "zero", "alphas": "4", "scale": None}
+
+
+def ignored_flags(args) -> list[str]:
+    """The flags given that this metric and these variants do not read."""
+    grid = args.variants.startswith("steer:")          # steers built from --alphas, --scale
+    steers = grid or args.variants.endswith(".json")   # a file may hold steers (own alphas)
+    used = set(_METRIC_FLAGS[args.metric]) | ({"directions"} if steers else set())
+    out = [f for f in ("tokens_a", "tokens_b", "emotion", "layer", "directions", "probe")
+           if getattr(args, f) is not None and f not in used]
+    if grid and args.mode != _DEFAULTS["mode"]:
+        out.append("mode")
+    if not grid:
+        out += [f for f in ("alphas", "scale") if getattr(args, f) != _DEFAULTS[f]]
+    return ["--" + f.replace("_", "-") for f in out]
 
 
 def run(args) -> int:
     scope, scale = scope_flag(args, "sweep", int_means="from"), scale_of(args)
-    alphas = _floats(args.alphas, "--alphas")
+    alphas = numbers_list(args.alphas, "--alphas")
+    for flag in ignored_flags(args):
+        print(f"emofast sweep: warning: {flag} is ignored with --metric {args.metric} and "
+              f"--variants {args.variants}", file=sys.stderr)
     model = common.load(args)
     directions = functools.cache(lambda: default_directions(model, args.directions,
                                                             progress=not args.quiet))
@@ -99,7 +123,7 @@ def run(args) -> int:
     budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
     res = sweep(model, prompts, variants, metric, engine=args.engine, scope=scope,
                 batch_size=args.batch_size, memory_budget=budget, out=args.out,
-                progress=not args.quiet)
+                progress=not args.quiet, repair=args.repair)
     n = len(variants)
     print(f"{n} variants x {len(prompts)} prompts, {args.engine}: {res.elapsed_s:.1f} s "
           f"({n / res.elapsed_s:.1f} variants/s" +

@@ -95,20 +95,37 @@ def _resolve(name_or_path: str | Path) -> Path:
     return path
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; bad JSON names file and line."""
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's text; bytes that are not UTF-8 name the file and line."""
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at offset "
+                         f"{e.start}): save the file as UTF-8") from None
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file (see `read_text`)."""
+    return read_text(path).splitlines()
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; bad JSON or bytes name file and
+    line."""
+    path = Path(path)
+    for lineno, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def _require(obj: dict, keys: tuple[str, ...], where: str) -> None:
@@ -122,15 +139,19 @@ def _labelled(path: Path) -> list[Example]:
     for lineno, obj in read_jsonl(path):
         where = f"{path}:{lineno}"
         _require(obj, ("text", "label"), where)
+        for key in ("text", "label"):
+            if not isinstance(obj[key], str) or not obj[key]:
+                raise ValueError(f"{where}: {key!r} must be a non-empty string, got {obj[key]!r}")
         span = obj.get("span")
         if span is not None:
             if (not isinstance(span, list) or len(span) != 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)
                     or not 0 <= span[0] < span[1] <= len(obj["text"])):
                 raise ValueError(f"{where}: span {span} is not [start, end] inside the text "
                                  f"(length {len(obj['text'])})")
             span = (int(span[0]), int(span[1]))
         meta = {k: v for k, v in obj.items() if k not in ("text", "label", "span", "group")}
-        out.append(Example(obj["text"], str(obj["label"]), span, obj.get("group"), meta))
+        out.append(Example(obj["text"], obj["label"], span, obj.get("group"), meta))
     return out
 
 

@@ -7,7 +7,7 @@ Modulation with one row per prompt runs every condition of a grid in one batched
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
 import torch
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..data import Prompt
 from ..models import Model
 from ..sites import deprecated
+from ..validation import NonFiniteError, positive_int, text
 from .base import Intervention, check_intervention
 
 
@@ -34,6 +35,10 @@ def generate(model: Model, prompts: Sequence[Prompt | str], *,
         deprecated("generate(steering=...) is deprecated: use intervention=...")
         intervention = steering
     iv = check_intervention(intervention, "generate")
+    prompts = [p if isinstance(p, Prompt) else text(p, f"prompts[{i}]")
+               for i, p in enumerate(texts_or_prompts(prompts))]
+    max_new_tokens = positive_int(max_new_tokens, "max_new_tokens")
+    batch_size = positive_int(batch_size, "batch_size")
     tok = model.tokenizer
     if not chat and any(isinstance(p, Prompt) for p in prompts):
         raise ValueError("chat=False generates from plain strings; a Prompt's system prompt and "
@@ -57,8 +62,35 @@ def generate(model: Model, prompts: Sequence[Prompt | str], *,
                       **generate_kwargs)
         if not kwargs["do_sample"]:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        with nullcontext() if rows is None else rows.hooks(model):
+        with nullcontext() if rows is None else rows.hooks(model), _finite_logits(model) as bad:
             ids = model.hf.generate(input_ids=enc["input_ids"].to(model.device),
                                     attention_mask=enc["attention_mask"].to(model.device), **kwargs)
+        if rows is not None and bool(bad):
+            raise NonFiniteError(f"generate: {type(iv).__name__} {iv.describe()['sha1']} made the "
+                                 "model's logits non-finite (inf/nan): its strength is too large "
+                                 "for this model's activations; lower alpha")
         out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return [t.strip() for t in out]
+
+
+def texts_or_prompts(prompts) -> list:
+    if isinstance(prompts, (str, Prompt)):
+        raise TypeError("generate takes a list of prompts, got one: wrap it in a list")
+    if not len(prompts):
+        raise ValueError("generate needs at least one prompt")
+    return list(prompts)
+
+
+@contextmanager
+def _finite_logits(model: Model):
+    """A device flag [] bool set when any logits of the block's forwards hold inf or nan
+    (read once, after generation: no host sync per step)."""
+    bad = torch.zeros((), dtype=torch.bool, device=model.device)
+
+    def watch(module, args, output):
+        bad.logical_or_(~torch.isfinite(output).all())
+    handle = model.hf.get_output_embeddings().register_forward_hook(watch)
+    try:
+        yield bad
+    finally:
+        handle.remove()

@@ -97,6 +97,9 @@ class Modulation(PerRow):
         self.scope = Scope.parse(self.scope).require("circuit modulation", "all")
         if self.alpha.shape != self.emotion_idx.shape or self.alpha.dim() != 1:
             raise ValueError("emotion_idx and alpha need one entry per row")
+        if not bool(torch.isfinite(self.alpha).all()):
+            raise ValueError(f"{type(self).__name__}: every alpha must be a finite number, got "
+                             f"{self.alpha.tolist()}")
         L, _, d_mlp = self.differences.mlp.shape
         for e, c in self.circuits.items():
             self.differences.index(e)

@@ -57,6 +57,9 @@ class Steering(PerRow):
         n = len(self.emotion_idx)
         if self.alpha.shape != (n,) or self.layer_mask.shape[0] != n:
             raise ValueError("emotion_idx, alpha and layer_mask need one entry per row")
+        if not bool(torch.isfinite(self.alpha).all()):
+            raise ValueError(f"{type(self).__name__}: every alpha must be a finite number, got "
+                             f"{self.alpha.tolist()}")
         self.directions.require_site("resid_post", "steering adds to resid_post")
         steered = self.layer_mask.any(0).nonzero().squeeze(-1).tolist()
         missing = sorted(set(steered) - set(self.directions.layers))

@@ -12,12 +12,13 @@ from urllib.parse import urlparse
 
 import torch
 
+from ..validation import device as check_device
 from .embedded import ALIASES, embedded_path
 from .model import Model
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 QUANTIZATIONS = (None, "int8", "nf4", "fp4")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
@@ -40,9 +41,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: one of {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def _quantization_config(quantization: str | None, dtype: torch.dtype):
@@ -68,7 +69,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     source = str(embedded_path(name_or_path, progress=progress)) if name_or_path in ALIASES \
         else str(name_or_path)

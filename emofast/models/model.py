@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import sites as _sites
+from .. import validation as _validation
 from ..data import Prompt
 from .adapters import Adapter
 
@@ -86,11 +87,25 @@ class Model:
                padding_side: str | None = None):
         """Tokenize a batch with padding (the tokenizer's side unless `padding_side` is given);
         `templated` texts already carry special tokens."""
-        if isinstance(texts, str):
-            raise TypeError("encode takes a list of texts, not one string")
-        return self.tokenizer(list(texts), return_tensors="pt", padding=True,
-                              add_special_tokens=not templated, return_offsets_mapping=offsets,
-                              padding_side=padding_side or self.tokenizer.padding_side)
+        enc = self.tokenizer(_validation.texts(texts, "texts"), return_tensors="pt", padding=True,
+                             add_special_tokens=not templated, return_offsets_mapping=offsets,
+                             padding_side=padding_side or self.tokenizer.padding_side)
+        n = enc["attention_mask"].sum(-1)
+        if self.context_length is not None and int(n.max()) > self.context_length:
+            i = int(n.argmax())
+            raise ValueError(f"text {i} has {int(n[i])} tokens, more than the model's context "
+                             f"of {self.context_length}: shorten it or split it")
+        return enc
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest sequence the model's positions cover (max_position_embeddings or its
+        architecture's name for it); None when the config says nothing."""
+        cfg = self.hf.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            if isinstance(getattr(cfg, key, None), int):
+                return getattr(cfg, key)
+        return None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, base: bool = False,
                 **kwargs):
@@ -135,7 +150,7 @@ class Model:
             if pool == "span":
                 raise ValueError("pool='span' maps character spans: pass the texts, not tokens")
             texts = [None] * len(batch["input_ids"])  # rows, for counting and ordering
-        texts = list(texts)
+        texts = list(texts) if batch is not None else _validation.texts(texts, "cache texts")
         names = [str(_sites.parse_site(s, self.n_layers)) for s in sites]
         if not texts or not names:
             raise ValueError("cache needs at least one text and one site")

@@ -8,12 +8,16 @@ choices, a `__post_init__` that raises on invalid combinations and `full()` buil
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..data import EMOTIONS6
 from ..discovery import EMOTION_WORDS
+from ..report.lock import folder_lock
+from ..validation import finite, finite_all, positive_int
 
 
 FEELING_WORDS = tuple(EMOTION_WORDS[e] for e in EMOTIONS6)
@@ -47,12 +51,17 @@ def preset_name(config) -> str:
     return "full" if config == type(config).full() else "custom"
 
 
-def positive(config, *names: str) -> None:
-    """ValueError unless each named field is an int >= 1."""
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+def check_numbers(config, *positive_ints: str) -> None:
+    """Every float field (and tuple of floats) finite, each named field an int >= 1
+    (`emofast.validation`), so a bad config fails before any model work."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float):
+            finite(value, f.name)
+        elif isinstance(value, tuple) and value and all(isinstance(x, float) for x in value):
+            finite_all(value, f.name)
+    for name in positive_ints:
+        positive_int(getattr(config, name), name)
 
 
 def report_folder(out: str | Path) -> tuple[float, Path]:
@@ -60,6 +69,20 @@ def report_folder(out: str | Path) -> tuple[float, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return time.perf_counter(), out
+
+
+def writes_report(run):
+    """Decorate a run_* function: its `out` folder is locked for the call (one writer per
+    folder, `emofast.report.lock`)."""
+    signature = inspect.signature(run)
+
+    @functools.wraps(run)
+    def locked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with folder_lock(bound.arguments["out"]):
+            return run(*args, **kwargs)
+    return locked
 
 
 class Report(Protocol):

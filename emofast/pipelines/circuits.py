@@ -30,8 +30,8 @@ from ..eval.circuit_control import CONDITIONS, ControlComparison, compare_contro
 from ..eval.control import FULL_GRID, QUICK_GRID
 from ..interventions import Circuit
 from ..models import Model
-from ._config import (checked, feeling_words_option, option, positive, preset_name,
-                      report_folder, words_by_emotion)
+from ._config import (check_numbers, checked, feeling_words_option, option, preset_name,
+                      report_folder, words_by_emotion, writes_report)
 
 
 @dataclass
@@ -62,10 +62,10 @@ class CircuitsConfig:
 
     def __post_init__(self):
         words_by_emotion(self)
-        positive(self, "n_train_skeletons", "n_importance_skeletons", "n_val_skeletons",
+        check_numbers(self, "n_train_skeletons", "n_importance_skeletons", "n_val_skeletons",
                  "n_test_skeletons", "max_new_tokens", "n_ppl_texts")
         if self.n_direction_skeletons is not None:
-            positive(self, "n_direction_skeletons")
+            check_numbers(self, "n_direction_skeletons")
         for name in ("budget_neurons", "budget_heads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
@@ -124,6 +124,7 @@ def find_circuits(model: Model, cfg: CircuitsConfig, imp: SublayerImportance,
     return circuits
 
 
+@writes_report
 def run_circuits(model: Model, config: CircuitsConfig | None = None,
                  out: str | Path = "emofast-circuits", *, progress: bool = True
                  ) -> CircuitsResult:

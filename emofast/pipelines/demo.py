@@ -32,7 +32,7 @@ from ..eval import (EmotionJudge, PreservationResult, SteeringChoice, SteeringCo
                     compare_steering, select_steering, steering_configs, steering_preservation)
 from ..eval.control import FULL_GRID, QUICK_GRID
 from ..models import Model
-from ._config import checked, option, positive, preset_name, report_folder
+from ._config import check_numbers, checked, option, preset_name, report_folder, writes_report
 
 
 @dataclass
@@ -51,7 +51,7 @@ class DemoConfig:
     n_ppl_texts: int = option(24, "neutral sentences for perplexity / KL")
 
     def __post_init__(self):
-        positive(self, "n_train_skeletons", "n_sep_skeletons", "n_test_skeletons",
+        check_numbers(self, "n_train_skeletons", "n_sep_skeletons", "n_test_skeletons",
                  "n_val_skeletons", "max_new_tokens", "n_ppl_texts")
         if not self.grid or any(len(c) != 3 or not 0 <= c[0] <= c[1] <= 1 for c in self.grid):
             raise ValueError(f"grid must be non-empty (first, last, alpha) triples with "
@@ -149,6 +149,7 @@ def stage_sev6(model: Model, cfg: DemoConfig, out: Path,
                               pca.explained_variance_ratio.tolist())
 
 
+@writes_report
 def run_demo(model: Model, config: DemoConfig | None = None, out: str | Path = "emofast-demo", *,
              progress: bool = True) -> DemoResult:
     """Run every stage and write the report folder `out`."""

@@ -23,7 +23,7 @@ from ..analysis import (EmotionDirections, LayerSeparability, diff_of_means, exa
 from ..data import load_dataset
 from ..models import Model
 from ..sites import parse_layers, parse_site
-from ._config import option, positive
+from ._config import check_numbers, option, writes_report
 
 
 @dataclass
@@ -52,7 +52,7 @@ class DirectionsConfig:
             raise ValueError(f"pool must be mean, last or span, got {self.pool!r}")
         if not 0 < self.test_frac < 1:
             raise ValueError(f"test_frac must be in (0, 1), got {self.test_frac}")
-        positive(self, "batch_size")
+        check_numbers(self, "batch_size")
         if self.sites:
             kinds = {parse_site(s).kind for s in self.sites}
             if len(kinds) != 1:
@@ -71,6 +71,7 @@ class DirectionsResult(NamedTuple):
         return self.separability.probe_acc[i], self.separability.centroid_acc[i]
 
 
+@writes_report
 def run_directions(model: Model, config: DirectionsConfig, out: str | Path, *,
                    progress: bool = True) -> DirectionsResult:
     """See the module docstring."""
@@ -100,7 +101,8 @@ def run_directions(model: Model, config: DirectionsConfig, out: str | Path, *,
                          method=f"{cfg.pool}_pooled",
                          meta={"model": model.name, "train": str(cfg.train)})
     dirs.save(out)
-    fit_probe(tr_acts[layers.index(sep.best_layer)], tr_y).save(out / "probe")
+    fit_probe(tr_acts[layers.index(sep.best_layer)], tr_y,
+              site=f"L{sep.best_layer}.{kind}").save(out / "probe")
     evaluated_on = str(cfg.eval) if cfg.eval else f"held-out {cfg.test_frac:g} of --train"
     metrics = {**sep.to_json(), "site": kind, "pool": cfg.pool, "baseline": baseline,
                "n_train": len(tr_y), "n_eval": len(te_y), "evaluated_on": evaluated_on}

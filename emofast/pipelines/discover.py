@@ -27,8 +27,8 @@ from ..data import EMOTIONS6, load_skeletons
 from ..discovery import (EmotionDiscovery, discover_emotion, emotion_metrics,
                          importance_prompts)
 from ..models import Model
-from ._config import (Report, checked, feeling_words_option, option, positive, preset_name,
-                      report_folder, words_by_emotion)
+from ._config import (Report, check_numbers, checked, feeling_words_option, option,
+                      preset_name, report_folder, words_by_emotion, writes_report)
 
 METRIC = ("LogitDiff(emotion's feeling words, other emotions' words) after 'I feel', at the "
           "next token; effects are ablated - clean")
@@ -46,7 +46,7 @@ class DiscoverConfig:
 
     def __post_init__(self):
         words_by_emotion(self)
-        positive(self, "n_skeletons", "k_max", "k_verify", "batch_size")
+        check_numbers(self, "n_skeletons", "k_max", "k_verify", "batch_size")
         if not self.emotions or set(self.emotions) - set(EMOTIONS6):
             raise ValueError(f"emotions must be some of {EMOTIONS6}, got {self.emotions}")
 
@@ -76,6 +76,7 @@ class DiscoverResult:
         return {**out, "elapsed_s": self.elapsed_s}
 
 
+@writes_report
 def run_discover(model: Model, config: DiscoverConfig | None = None,
                  out: str | Path = "emofast-discover", *, circuits: Report | None = None,
                  progress: bool = True) -> DiscoverResult:

@@ -21,7 +21,7 @@ LOCK_FILE = ".emofast.lock"
 _held: dict[Path, int] = {}  # folder -> depth, for this process
 
 
-class FolderBusy(RuntimeError):
+class FolderBusy(OSError):
     """Another live process is writing into the folder."""
 
 

@@ -56,7 +56,7 @@ from ..interventions.base import Intervention
 from ..models import Model
 from ..report.lock import folder_lock
 from ..sites import Scope, legacy_scope
-from ..validation import Interrupted, positive_int, texts
+from ..validation import Interrupted, positive_int
 from .batched import run_batched
 from .batches import encode_batches
 from .job import Job, check_finite
@@ -105,8 +105,6 @@ def sweep(model: Model, prompts: Sequence[str],
     head = model.hf.get_output_embeddings()
     metric.check(getattr(head, "out_features", None) or model.hf.config.vocab_size,
                  model.d_model, model.n_layers)
-    prompts = texts(prompts, "sweep prompts")
-    batch_size = positive_int(batch_size, "batch_size")
     if memory_budget is not None:
         memory_budget = positive_int(memory_budget, "memory_budget (bytes)")
     batches = encode_batches(model, prompts, batch_size)

@@ -12,6 +12,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from ..models import Model
+from .. import validation
 
 
 class Batch(NamedTuple):
@@ -23,17 +24,10 @@ class Batch(NamedTuple):
     stop: int
 
 
-def check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    return batch_size
-
-
 def encode_batches(model: Model, prompts: Sequence[str], batch_size: int) -> list[Batch]:
     """Left-padded prompt batches on the model's device (every row's last token at T-1)."""
-    check_batch_size(batch_size)
-    if isinstance(prompts, str) or not len(prompts):
-        raise ValueError("sweep needs a non-empty list of prompt texts")
+    batch_size = validation.positive_int(batch_size, "batch_size")
+    prompts = validation.texts(prompts, "sweep prompts")
     batches, dev = [], model.device
     for start in range(0, len(prompts), batch_size):
         texts = list(prompts[start:start + batch_size])

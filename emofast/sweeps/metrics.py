@@ -143,17 +143,22 @@ class Projection(_ResidMetric):
 
 
 class ProbeProb(_ResidMetric):
-    """A `LinearProbe`'s probability of class `target` (fitted on that layer's resid_post)."""
+    """A `LinearProbe`'s probability of class `target` on resid_post of `layer` (default: the
+    probe's own layer when it records one, else the last); a probe fitted at another site
+    refuses."""
 
     def __init__(self, probe: LinearProbe, target: str, *, layer: int | None = None):
         if target not in probe.classes:
             raise ValueError(f"ProbeProb: class {target!r} not in the probe's classes "
                              f"{probe.classes}")
-        self.probe, self.target, self.layer = probe, target, layer
+        self.probe, self.target = probe, target
+        self.layer = probe.layer if layer is None else layer
         self.index = probe.classes.index(target)
 
     def check(self, vocab_size, d_model, n_layers):
         self._check_layer(self.probe.mean.numel(), d_model, n_layers)
+        if self.probe.site is not None:
+            self.probe.require_site(f"L{self.resid_layer(n_layers)}.resid_post")
 
     def __call__(self, r):
         if self.probe.weight.device != r.resid.device:

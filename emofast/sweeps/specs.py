@@ -12,16 +12,18 @@ variant or a projection metric needs it (the command loads the cached sev6 direc
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..analysis.directions import EmotionDirections
 from ..analysis.probes import LinearProbe
-from ..data import BUILTIN, load_dataset, load_skeletons, read_jsonl, sev_prompts
+from ..data import BUILTIN, load_dataset, load_skeletons, read_jsonl, read_lines, read_text, sev_prompts
 from ..models import Model
 from ..sites import parse_layers
+from ..validation import finite, integer, positive_int, text
 from .metrics import KL, LogitDiff, LogProb, Metric, ProbeProb, Projection
-from .plan import Edit
+from .plan import SITES, Edit
 from .steer import Steer, steer_grid
 
 METRICS = ("kl", "logit_diff", "logprob", "projection", "probe")
@@ -41,7 +43,7 @@ def load_prompts(spec: str, model: Model, *, chat: bool = False,
         if spec in BUILTIN:
             texts = [e.text for e in load_dataset(spec)]
         elif path.suffix == ".txt" and path.is_file():
-            texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            texts = [line for line in read_lines(path) if line.strip()]
         elif path.is_file():
             texts = []
             for lineno, obj in read_jsonl(path):
@@ -49,14 +51,20 @@ def load_prompts(spec: str, model: Model, *, chat: bool = False,
                 if key not in obj:
                     raise ValueError(f"{path}:{lineno}: needs a 'prompt' or 'text' key, has "
                                      f"{sorted(obj)}")
-                texts.append(str(obj[key]))
+                texts.append(text(obj[key], f"{path}:{lineno}: {key!r}"))
         else:
             raise FileNotFoundError(f"prompts {spec!r}: neither a built-in dataset "
                                     f"({', '.join(BUILTIN)}) nor a file")
         texts = [model.chat_text(t) for t in texts] if chat else texts
     if not texts:
         raise ValueError(f"prompts {spec!r} holds no prompts")
-    return texts[:limit] if limit else texts
+    if limit is None:
+        return texts
+    limit = positive_int(limit, "limit")
+    if limit > len(texts):
+        warnings.warn(f"limit {limit}: prompts {spec!r} holds only {len(texts)}; using all",
+                      stacklevel=2)
+    return texts[:limit]
 
 
 def variants_from_spec(spec: str, model: Model, mode: str = "zero", *,
@@ -88,29 +96,47 @@ def variants_from_spec(spec: str, model: Model, mode: str = "zero", *,
         raise FileNotFoundError(f"variants {spec!r} is not 'heads', 'neurons:LAYERS', "
                                 "'steer:EMOTIONS:LAYERS' or a JSON file")
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))
+        items = json.loads(read_text(path))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg})") from None
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(items, list) or not items:
         raise ValueError(f"{path}: expected a non-empty JSON list of {{\"edits\": [...]}}")
     return [_variant_from_json(item, f"{path}: variant {i}", mode, directions)
             for i, item in enumerate(items)]
 
 
+_EDIT_KEYS = {"layer", "site", "unit"}
+_STEER_KEYS = {"layer", "site", "emotion", "label", "alpha", "scale", "rms"}
+_RESULT_KEYS = {"mode", "pos_start", "unit"}  # what results.json adds, accepted when read back
+
+
 def _variant_from_json(item, where: str, mode: str, directions: Directions | None) -> list:
     edits = item.get("edits") if isinstance(item, dict) else None
     if not isinstance(edits, list):
-        raise ValueError(f"{where} needs an 'edits' list, got {item!r}")
+        raise ValueError(f"{where} needs an 'edits' list ([] is the clean run), got {item!r}")
     units: dict[tuple[int, str], list[int]] = {}
     steers = []
-    for e in edits:
+    for j, e in enumerate(edits):
+        at = f"{where}, edit {j}"
         if isinstance(e, dict) and e.get("site") == "resid_post":
-            steers.append(_steer_from_json(e, where, directions))
+            _known_keys(e, _STEER_KEYS | _RESULT_KEYS, at)
+            steers.append(_steer_from_json(e, at, directions))
             continue
-        if not isinstance(e, dict) or not {"layer", "site", "unit"} <= set(e):
-            raise ValueError(f"{where}: each edit needs layer, site, unit; got {e!r}")
-        units.setdefault((int(e["layer"]), str(e["site"])), []).append(int(e["unit"]))
+        if not isinstance(e, dict) or not _EDIT_KEYS <= set(e):
+            raise ValueError(f"{at}: needs layer, site, unit; got {e!r}")
+        _known_keys(e, _EDIT_KEYS | _RESULT_KEYS, at)
+        if e["site"] not in SITES[:2]:
+            raise ValueError(f"{at}: site {e['site']!r}: one of mlp_act (neurons), attn_z "
+                             "(heads), resid_post (a steer)")
+        layer = integer(e["layer"], f"{at}: layer")
+        units.setdefault((layer, e["site"]), []).append(integer(e["unit"], f"{at}: unit"))
     return [Edit(layer, site, us, mode) for (layer, site), us in units.items()] + steers
+
+
+def _known_keys(e: dict, known: set[str], where: str) -> None:
+    unknown = sorted(set(e) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; an edit has {sorted(known)}")
 
 
 def _steer_from_json(e: dict, where: str, directions: Directions | None) -> Steer:
@@ -118,6 +144,8 @@ def _steer_from_json(e: dict, where: str, directions: Directions | None) -> Stee
     if not {"layer", "alpha"} <= set(e) or emotion is None:
         raise ValueError(f"{where}: a resid_post edit (a Steer) needs layer, emotion, alpha; "
                          f"got {e!r}")
+    layer, alpha = integer(e["layer"], f"{where}: layer"), finite(e["alpha"], f"{where}: alpha")
+    emotion = text(emotion, f"{where}: emotion")
     if not isinstance(e.get("rms", False), bool):
         raise ValueError(f"{where}: rms must be true or false, got {e['rms']!r}")
     scale = e.get("scale", "rms" if e.get("rms", False) else "abs")
@@ -125,8 +153,7 @@ def _steer_from_json(e: dict, where: str, directions: Directions | None) -> Stee
         raise ValueError(f"{where}: scale must be 'abs' or 'rms' (and agree with rms), got {e!r}")
     dirs = _need(directions, "a Steer")()
     dirs.require_site("resid_post", "steering adds to resid_post")
-    layer = int(e["layer"])
-    return Steer(layer, dirs.get(emotion, layer), float(e["alpha"]), scale, label=str(emotion))
+    return Steer(layer, dirs.get(emotion, layer), alpha, scale, label=emotion)
 
 
 def _need(directions: Directions | None, what: str) -> Directions:
@@ -171,11 +198,13 @@ def metric_from_spec(name: str, model: Model, *, tokens_a: str | None = None,
         return LogProb(token_ids(tokens_a, model, "tokens_a"))
     if not emotion:
         raise ValueError(f"metric {name} needs an emotion (--emotion)")
-    layer = model.n_layers - 1 if layer is None else layer
+    if layer is not None:  # before any direction is computed
+        integer(layer, "metric layer", lo=0, hi=model.n_layers - 1)
     if name == "projection":
+        layer = model.n_layers - 1 if layer is None else layer
         return Projection(_need(directions, "metric projection")().get(emotion, layer),
                           layer=layer)
     if not probe:
         raise ValueError("metric probe needs a probe (--probe: a probe saved by `emofast "
-                         "directions`, e.g. DIR/probe, fitted on resid_post of --layer)")
+                         "directions`, e.g. DIR/probe; read at its own layer by default)")
     return ProbeProb(LinearProbe.load(probe), emotion, layer=layer)

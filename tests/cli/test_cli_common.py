@@ -54,7 +54,7 @@ def test_bad_flags_are_refused_early(capsys):
     with pytest.raises(SystemExit):
         parse("demo", "--max-new-tokens", "many")
     assert main(["demo", "--n-test-skeletons", "0", "--quiet"]) == 2   # __post_init__
-    assert "n_test_skeletons must be an int >= 1" in capsys.readouterr().err
+    assert "n_test_skeletons must be an integer >= 1" in capsys.readouterr().err
     assert main(["directions", "--out", "x", "--quiet"]) == 2
     assert "--train is required" in capsys.readouterr().err
 

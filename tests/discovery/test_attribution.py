@@ -148,7 +148,7 @@ def test_kl_and_bad_arguments_raise():
         attribution_screen(model, PROMPTS, LOGIT_DIFF, sites=("resid_post",))
     with pytest.raises(ValueError, match="attribution_screen does not support scope prompt"):
         attribution_screen(model, PROMPTS, LOGIT_DIFF, scope="prompt")
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         attribution_screen(model, PROMPTS, LOGIT_DIFF, batch_size=0)
     with pytest.warns(DeprecationWarning, match="use scope='from:1'"):
         old = attribution_screen(model, PROMPTS, LOGIT_DIFF, positions=1)

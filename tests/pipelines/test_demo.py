@@ -30,7 +30,7 @@ def test_demo_pipeline_writes_a_complete_report(tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(n_test_skeletons=0), "n_test_skeletons must be an int >= 1"),
+    (dict(n_test_skeletons=0), "n_test_skeletons must be an integer >= 1"),
     (dict(grid=((0.5, 0.2, 1.0),)), "0 <= first <= last <= 1"),
     (dict(grid=()), "grid must be non-empty"),
     (dict(scale="log"), "scale must be"),

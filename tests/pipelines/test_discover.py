@@ -34,7 +34,7 @@ def test_discover_writes_its_report_and_embeds_circuits(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("bad, match", [(dict(emotions=("joy",)), "emotions must be some of"),
                                         (dict(emotions=None), "emotions must be some of"),
-                                        (dict(k_max=0), "k_max must be an int >= 1")])
+                                        (dict(k_max=0), "k_max must be an integer >= 1")])
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         DiscoverConfig(**bad)
