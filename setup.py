@@ -39,11 +39,16 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["emofast", "emofast.*"]),
     package_data={"emofast.data": ["*.jsonl", "*.json", "*.safetensors"]},
+    # Lower bounds are versions the test suite passed with (transformers: 5.0.0 on the sweep,
+    # model, intervention and analysis tests, 5.4.0 and 5.24.0 on all of it); upper bounds stop
+    # before the next major release. constraints.txt pins what CI ran; README says how to
+    # upgrade deliberately.
     install_requires=[
-        "torch", "triton", "transformers>=4.45", "accelerate", "bitsandbytes", "numpy",
-        "safetensors", "tqdm", "matplotlib", "gguf",
+        "torch>=2.13,<3", "triton>=3.9,<4", "transformers>=5.0,<6", "accelerate>=1.15,<2",
+        "bitsandbytes>=0.50.2,<1", "numpy>=2.4,<3", "safetensors>=0.8,<1", "tqdm>=4.70,<5",
+        "matplotlib>=3.11,<4", "gguf>=0.19,<1",
     ],
-    extras_require={"dev": ["pytest", "pytest-benchmark", "scipy"]},
+    extras_require={"dev": ["pytest>=9.2,<10", "pytest-benchmark>=5.3,<6", "scipy>=1.17,<2"]},
     entry_points={"console_scripts": ["emofast=emofast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

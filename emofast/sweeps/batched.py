@@ -160,9 +160,11 @@ class _Skip(nn.Module):
     """Stands in for a decoder layer below the chunk's first edited layer: passes the hidden
     state through, or (the last one) replaces it by the cached clean residual."""
 
-    def __init__(self, out: torch.Tensor | None, as_tuple: bool):
+    def __init__(self, out: torch.Tensor | None, as_tuple: bool, replaced: nn.Module):
         super().__init__()
         self.out, self.as_tuple = out, as_tuple
+        # some forwards read the layer's attention type (Qwen2 in transformers < 5.4)
+        self.attention_type = getattr(replaced, "attention_type", None)
 
     def forward(self, hidden_states, *args, **kwargs):
         h = hidden_states if self.out is None else self.out
@@ -176,7 +178,7 @@ def _skip_layers(model: Model, first: int, start_hidden: torch.Tensor | None, as
     saved = [blocks[i] for i in range(first)]
     try:
         for i in range(first):
-            blocks[i] = _Skip(start_hidden if i == first - 1 else None, as_tuple)
+            blocks[i] = _Skip(start_hidden if i == first - 1 else None, as_tuple, saved[i])
         yield
     finally:
         for i, block in enumerate(saved):

@@ -142,7 +142,7 @@ BAD = shared_bad("x", "[B, T, W]") + [  # (overrides of the good call, error fra
     (dict(mask=torch.zeros(2, 1, dtype=torch.long)), "mask must be .* int32"),
     (dict(mask=torch.zeros(2, 0, dtype=torch.int32)), "mask has 0 words .* need 1"),
     (dict(group=3), "W = 8 is not divisible by group = 3"),
-    (dict(group=0), "group must be an integer >= 1"),
+    (dict(group=0), "group must be an int >= 1"),
     (dict(mode="drop"), "mode must be one of"),
     (dict(mode="mean"), "mode 'mean' needs a fill tensor"),
     (dict(mode="mean", fill=torch.zeros(7)), r"fill for mode 'mean' must have shape \(8,\)"),
