@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import operator
 from typing import Any, Callable, Sequence
 
 import torch
@@ -49,9 +50,12 @@ def finite_all(xs: Sequence, name: str) -> list[float]:
 
 def integer(x: Any, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
     """x as an int in [lo, hi]; refuses bools, floats (3.7 and 3.0 alike) and strings."""
-    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {x!r}")
-    x = int(x)
+    try:
+        if isinstance(x, bool):
+            raise TypeError
+        x = operator.index(x)  # ints, numpy ints, integer 0-d tensors; never floats
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {x!r}") from None
     if lo is not None and x < lo or hi is not None and x > hi:
         where = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in {lo}..{hi}"
         raise ValueError(f"{name} must be an integer {where}, got {x}")
@@ -138,6 +142,8 @@ def numbers_list(spec: str, what: str) -> list[float]:
         values = [float(x) for x in spec.split(",")]
     except ValueError:
         raise ValueError(f"{what} {spec!r}: give comma-separated numbers, e.g. 2,4,8") from None
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} {spec!r}: each number once (a repeat would run twice)")
     return finite_all(values, what)
 
 

@@ -169,3 +169,18 @@ def steer_oracle(model, prompt: str, items, scope, metric) -> float:
     if isinstance(metric, Projection):
         return float(seen["h"] @ metric.unit.double())
     return by_hand(metric, logits, clean)
+
+
+class Interrupting(LogitDiff):
+    """LogitDiff that raises KeyboardInterrupt on its n-th call, and counts rows it scored."""
+
+    def __init__(self, a, b, interrupt_at=None):
+        super().__init__(a, b)
+        self.calls, self.rows, self.interrupt_at = 0, 0, interrupt_at
+
+    def __call__(self, r):
+        self.calls += 1
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt
+        self.rows += r.logits.shape[0]
+        return super().__call__(r)

@@ -73,7 +73,9 @@ def with_flags(base, **flags):
     argv = list(base)
     for key, value in flags.items():
         flag = "--" + key.replace("_", "-")
-        if flag in argv:
+        if value is None:  # a switch
+            argv.append(flag)
+        elif flag in argv:
             argv[argv.index(flag) + 1] = value
         else:
             argv += [flag, value]
@@ -300,3 +302,31 @@ def test_probe_site_survives_save_and_load(tmp_path):
     loaded = LinearProbe.load(tmp_path / "probe")
     assert loaded.site == "L2.resid_post" and loaded.layer == 2
     assert ProbeProb(loaded, "a").layer == 2  # read at its own layer by default
+
+
+@pytest.mark.parametrize("argv, words", [
+    (with_flags(STEER, prompt="", no_chat=None), "prompt 0 has no tokens"),
+    (with_flags(SWEEP, variants="steer:anger:1", alphas="2,2"), "each number once"),
+])
+def test_cli_more_bad_input(random_directions, tmp_path, capsys, argv, words):
+    argv = _resolve(argv, tmp_path, {})
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+def test_cli_out_is_a_file(tiny, tmp_path, capsys):
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    (tmp_path / "out").write_text("not a folder")
+    assert run_cli(_resolve(SWEEP, tmp_path, {})) == 2
+    assert "out is a file: give an output folder" in capsys.readouterr().err
+
+
+def test_api_edit_fields_are_integers():
+    from emofast.sweeps import Edit
+    with pytest.raises(TypeError, match="Edit layer must be an integer, got 1.7"):
+        Edit(1.7, "attn_z", [0])
+    with pytest.raises(TypeError, match="Edit unit must be an integer, got True"):
+        Edit(1, "attn_z", [True])
+    assert Edit(torch.tensor(1), "attn_z", torch.tensor([0, 2])).units == (0, 2)

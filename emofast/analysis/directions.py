@@ -32,8 +32,10 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from ..data import read_text
+from ..report.files import load_tensors, save_tensors, write_json
 
 TENSOR_FILE = "directions.safetensors"
 META_FILE = "directions.json"
@@ -112,13 +114,11 @@ class EmotionDirections:
             "meta": self.meta,
         }
         try:
-            text = json.dumps(info, indent=2)
+            json.dumps(info)
         except TypeError as err:
             raise ValueError(f"meta must be JSON-serialisable (str, numbers, lists, dicts): {err}") from err
-        os.makedirs(directory, exist_ok=True)
-        save_file({"vectors": self.vectors}, os.path.join(directory, TENSOR_FILE))
-        with open(os.path.join(directory, META_FILE), "w") as f:
-            f.write(text + "\n")
+        save_tensors(os.path.join(directory, TENSOR_FILE), {"vectors": self.vectors})
+        write_json(os.path.join(directory, META_FILE), info)
         return str(directory)
 
     @classmethod
@@ -129,9 +129,13 @@ class EmotionDirections:
         for path in (tensor_path, meta_path):
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{path} not found: pass the directory EmotionDirections.save wrote")
-        with open(meta_path) as f:
-            info = json.load(f)
-        return cls(vectors=load_file(tensor_path)["vectors"], **info)
+        try:
+            info = json.loads(read_text(meta_path))
+            vectors = load_tensors(tensor_path)["vectors"]
+            return cls(vectors=vectors, **info)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"{directory} does not hold directions EmotionDirections.save "
+                             f"wrote ({' '.join(str(err).split())})") from None
 
 
 def _as_layered(acts: Tensor) -> Tensor:

@@ -54,5 +54,5 @@ def run(args) -> int:
         print(f"> {prompt}")
         if base is not None:
             print(f"[unsteered] {base}")
-        print(f"[{args.emotion} x{args.alpha:g} at L{layers[0]}-{layers[-1]}] {text}\n")
+        print(f"[{args.emotion} x{args.alpha:g} at layers {args.layers}] {text}\n")
     return 0

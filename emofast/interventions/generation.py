@@ -57,6 +57,9 @@ def generate(model: Model, prompts: Sequence[Prompt | str], *,
     for start in tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress):
         batch = texts[start:start + batch_size]
         enc = model.encode(batch, templated=chat, padding_side="left")
+        empty = (enc["attention_mask"].sum(-1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"prompt {start + empty[0]} has no tokens: give it some text")
         rows = None if iv is None else iv.take(slice(start, start + len(batch)), len(batch))
         kwargs = dict(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                       **generate_kwargs)

@@ -29,7 +29,12 @@ class FolderBusy(OSError):
 def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     """Hold DIR/.emofast.lock for the block; raise FolderBusy if another process holds it."""
     folder = Path(folder).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file: give an output folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create the output folder {folder}: {e.strerror}") from None
     if folder in _held:
         _held[folder] += 1
         try:

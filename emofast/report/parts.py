@@ -57,6 +57,9 @@ class PartStore:
                 "fingerprint": json.loads(json.dumps(fingerprint))}
         path = self.dir / "store.json"
         if not path.exists():
+            if (self.dir / "manifest.json").exists():
+                raise StoreError(f"{path} is missing but {self.dir} holds stored parts: the "
+                                 "folder is damaged; delete it or give another output folder")
             if (self.dir / "sweep.json").exists() or any(self.dir.glob("parts/*.safetensors")):
                 raise StoreError(f"{self.dir} was written by an emofast without verified stores "
                                  "(no checksums): its results cannot be checked; delete it or "

@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Sequence
+from typing import Iterable, Literal, NamedTuple, Sequence
 
 import torch
 
 from ..kernels import cpp
+from ..validation import integer
 
 SITES: tuple[str, ...] = ("mlp_act", "attn_z", "resid_post")  # index = C++ SiteKind
 MODES: tuple[str, ...] = ("zero", "mean", "patch", "add")      # index = C++ Mode
@@ -66,9 +67,11 @@ class Edit:
                              "vector, alpha)")
         if self.mode not in ABLATION_MODES:
             raise ValueError(f"unknown mode {self.mode!r}: one of {', '.join(ABLATION_MODES)}")
-        object.__setattr__(self, "layer", operator.index(self.layer))
-        object.__setattr__(self, "pos_start", operator.index(self.pos_start))
-        object.__setattr__(self, "units", tuple(operator.index(u) for u in self.units))
+        object.__setattr__(self, "layer", integer(self.layer, "Edit layer"))
+        object.__setattr__(self, "pos_start", integer(self.pos_start, "Edit pos_start"))
+        if isinstance(self.units, (str, bytes)) or not isinstance(self.units, Iterable):
+            raise TypeError(f"Edit units must be a list of integers, got {self.units!r}")
+        object.__setattr__(self, "units", tuple(integer(u, "Edit unit") for u in self.units))
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class Add:
 
     def __post_init__(self):
         for name in ("layer", "entry", "pos_start"):
-            object.__setattr__(self, name, operator.index(getattr(self, name)))
+            object.__setattr__(self, name, integer(getattr(self, name), f"Add {name}"))
 
     @property
     def units(self) -> tuple[int]:

@@ -41,7 +41,7 @@ def test_directions_command(tiny_folder, tmp_path, capsys):
                "--layers", "1", "--alpha", "2", "--prompt", "hello", "--max-new-tokens", "3",
                "--compare", "--quiet"])
     printed = capsys.readouterr().out
-    assert rc == 0 and "[unsteered]" in printed and "[anger x2 at L1-1]" in printed
+    assert rc == 0 and "[unsteered]" in printed and "[anger x2 at layers 1]" in printed
     rc = main(["steer", "--model", str(tiny_folder), "--directions", str(out), "--emotion", "anger",
                "--layers", "7", "--alpha", "2", "--prompt", "hello", "--quiet"])
     assert rc == 2 and "layer 7 out of range" in capsys.readouterr().err

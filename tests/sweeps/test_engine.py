@@ -11,7 +11,7 @@ import emofast.sweeps.batched as batched_mod
 from conftest import make_tiny
 from emofast.analysis import LinearProbe
 from emofast.sweeps import KL, Edit, LogitDiff, ProbeProb, Projection, sweep
-from oracles import PROMPTS, loud, random_variants, run_both, scale_tol
+from oracles import PROMPTS, Interrupting, loud, random_variants, run_both, scale_tol
 
 
 def resid_by_hand(model, prompt: str, layer: int, edits) -> torch.Tensor:
@@ -123,21 +123,6 @@ def test_out_of_memory_halves_the_chunk(monkeypatch):
     monkeypatch.setattr(batched_mod, "run_chunk", one)
     with pytest.raises(torch.OutOfMemoryError):               # one variant that cannot fit
         sweep(model, PROMPTS, variants[:2], KL(), progress=False)
-
-
-class Interrupting(LogitDiff):
-    """LogitDiff that raises KeyboardInterrupt on its n-th call, and counts rows it scored."""
-
-    def __init__(self, a, b, interrupt_at=None):
-        super().__init__(a, b)
-        self.calls, self.rows, self.interrupt_at = 0, 0, interrupt_at
-
-    def __call__(self, r):
-        self.calls += 1
-        if self.calls == self.interrupt_at:
-            raise KeyboardInterrupt
-        self.rows += r.logits.shape[0]
-        return super().__call__(r)
 
 
 @pytest.mark.parametrize("engine", ["batched", "loop"])

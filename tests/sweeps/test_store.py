@@ -14,25 +14,10 @@ from emofast.report.files import load_tensors, save_tensors
 from emofast.report.parts import StoreError
 from emofast.sweeps import Edit, LogitDiff, Steer, sweep
 from emofast.validation import Interrupted, NonFiniteError
-from oracles import PROMPTS, loud, random_variants
+from oracles import PROMPTS, Interrupting, loud, random_variants
 
 METRIC = LogitDiff([65], [66])
 KW = dict(progress=False, batch_size=2, memory_budget=300_000)
-
-
-class Counting(LogitDiff):
-    """LogitDiff that counts the rows it scores (what a rerun recomputes); Ctrl-C on call n."""
-
-    def __init__(self, interrupt_at=None):
-        super().__init__([65], [66])
-        self.rows, self.calls, self.interrupt_at = 0, 0, interrupt_at
-
-    def __call__(self, r):
-        self.calls += 1
-        if self.calls == self.interrupt_at:
-            raise KeyboardInterrupt
-        self.rows += r.logits.shape[0]
-        return super().__call__(r)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +48,7 @@ def test_deleted_part_recomputes_only_its_variants(model, variants, tmp_path, en
         victim = parts(tmp_path)[1]
         lost = len(load_tensors(victim)["variant_ids"])
         victim.unlink()
-        counting = Counting()
+        counting = Interrupting([65], [66])
         res = sweep(model, PROMPTS, variants, counting, out=tmp_path, **kw)
         assert res.resumed == len(variants) - lost
         assert counting.rows == lost * len(PROMPTS)  # nothing else recomputed
@@ -145,7 +130,7 @@ def test_second_writer_refused(model, variants, tmp_path):
 
 def test_interrupt_says_what_is_saved(model, variants, tmp_path):
     with pytest.raises(Interrupted, match=r"sweep interrupted: \d+ of 40 variants are saved in "):
-        sweep(model, PROMPTS, variants, Counting(interrupt_at=25), out=tmp_path, **KW)
+        sweep(model, PROMPTS, variants, Interrupting([65], [66], interrupt_at=25), out=tmp_path, **KW)
     assert parts(tmp_path) and not (tmp_path / "results.json").exists()
 
 
