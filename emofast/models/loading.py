@@ -79,6 +79,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | 
     if not local and (source.startswith((".", "/", "~")) or source.count("/") > 1):
         raise FileNotFoundError(f"no model folder at {source!r} (it looks like a path, not a hub id)")
     source = str(Path(source).expanduser()) if local else source
+    if not progress:  # transformers' own "Loading weights" bar
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     kwargs = dict(dtype=torch_dtype)
     qconfig = _quantization_config(quantization, torch_dtype)
     if qconfig is not None:
