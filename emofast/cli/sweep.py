@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..analysis import default_directions
+from ..data import EMOTIONS6
 from ..sweeps import sweep
 from ..sweeps.specs import METRICS, load_prompts, metric_from_spec, variants_from_spec
 from . import common
@@ -105,9 +106,25 @@ def ignored_flags(args) -> list[str]:
     return ["--" + f.replace("_", "-") for f in out]
 
 
+def check_default_emotions(args) -> None:
+    """With the default sev6 directions, the emotions asked for are known before any model
+    loads."""
+    if args.directions is not None:
+        return
+    asked = [args.emotion] if args.metric == "projection" else []
+    spec = args.variants.split(":")
+    if spec[0] == "steer" and len(spec) == 3:  # else variants_from_spec says how to write it
+        asked += spec[1].split(",")
+    unknown = [e for e in asked if e and e not in EMOTIONS6]
+    if unknown:
+        raise ValueError(f"emotion(s) {unknown}: the default sev6 directions have "
+                         f"{', '.join(EMOTIONS6)}")
+
+
 def run(args) -> int:
     scope, scale = scope_flag(args, "sweep", int_means="from"), scale_of(args)
     alphas = numbers_list(args.alphas, "--alphas")
+    check_default_emotions(args)
     for flag in ignored_flags(args):
         print(f"emofast sweep: warning: {flag} is ignored with --metric {args.metric} and "
               f"--variants {args.variants}", file=sys.stderr)
@@ -115,11 +132,20 @@ def run(args) -> int:
     directions = functools.cache(lambda: default_directions(model, args.directions,
                                                             progress=not args.quiet))
     prompts = load_prompts(args.prompts, model, chat=args.chat, limit=args.limit)
-    variants = variants_from_spec(args.variants, model, args.mode, directions=directions,
+
+    def build_variants():
+        return variants_from_spec(args.variants, model, args.mode, directions=directions,
                                   alphas=alphas, scale=scale)
-    metric = metric_from_spec(args.metric, model, tokens_a=args.tokens_a, tokens_b=args.tokens_b,
-                              emotion=args.emotion, layer=args.layer, directions=directions,
-                              probe=args.probe)
+
+    def build_metric():
+        return metric_from_spec(args.metric, model, tokens_a=args.tokens_a,
+                                tokens_b=args.tokens_b, emotion=args.emotion, layer=args.layer,
+                                directions=directions, probe=args.probe)
+    # the side that needs no directions is checked first, so its mistakes cost no directions
+    if args.metric == "projection":
+        variants, metric = build_variants(), build_metric()
+    else:
+        metric, variants = build_metric(), build_variants()
     budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
     res = sweep(model, prompts, variants, metric, engine=args.engine, scope=scope,
                 batch_size=args.batch_size, memory_budget=budget, out=args.out,
