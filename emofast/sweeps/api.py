@@ -115,9 +115,11 @@ def sweep(model: Model, prompts: Sequence[str],
         store = None if out is None else SweepStore(out, fingerprint(
             model, prompts, variants, metric, scope, sources, table, engine=engine,
             batch_size=batch_size), repair=repair)
+        job = Job(model, batches, src_batches, variants, table, metric, scope.kind == "last",
+                  torch.empty(len(variants), batches[-1].stop, device=model.device), store,
+                  None, memory_budget)
         try:
-            result = _compute(model, batches, src_batches, variants, table, metric, scope.kind,
-                              engine, memory_budget, store, progress)
+            result = _compute(job, engine, progress)
         except KeyboardInterrupt:
             if store is None:
                 raise
@@ -129,11 +131,11 @@ def sweep(model: Model, prompts: Sequence[str],
     return result
 
 
-def _compute(model, batches, src_batches, variants, table, metric, scope_kind: str, engine: str,
-             memory_budget, store, progress: bool) -> SweepResult:
-    """The variants not in `store` computed, the stored ones read back (elapsed_s left 0)."""
-    done = store.done if store else {}
-    per_prompt = torch.empty(len(variants), batches[-1].stop, device=model.device)
+def _compute(job: Job, engine: str, progress: bool) -> SweepResult:
+    """The variants not in the job's store computed, the stored ones read back (elapsed_s
+    left 0)."""
+    variants, per_prompt = job.variants, job.per_prompt
+    done = job.store.done if job.store else {}
     for i, row in done.items():
         per_prompt[i] = row.to(per_prompt.device)
     todo = [i for i in range(len(variants)) if i not in done]
@@ -141,9 +143,7 @@ def _compute(model, batches, src_batches, variants, table, metric, scope_kind: s
     if todo:
         bar = tqdm(total=len(variants), initial=len(variants) - len(todo), unit="variant",
                    desc=f"sweep ({engine})", disable=not progress)
-        job = Job(model, batches, src_batches, variants, table, metric, scope_kind == "last",
-                  per_prompt, store, bar, memory_budget)
-        splits = _run(job, todo, engine)
+        splits = _run(job._replace(bar=bar), todo, engine)
         bar.close()
     per_prompt = per_prompt.float().cpu()  # the one host sync without `out`
     check_finite(variants, torch.arange(len(variants)), per_prompt)

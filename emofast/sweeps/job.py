@@ -25,7 +25,7 @@ class Job(NamedTuple):
     last: bool                  # scope "last": only each prompt's last token is edited
     per_prompt: torch.Tensor    # [n_variants, n_prompts] filled in place
     store: SweepStore | None
-    bar: tqdm
+    bar: tqdm | None             # set when the engine runs
     memory_budget: int | None
 
 
