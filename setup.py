@@ -40,8 +40,8 @@ setup(
     packages=find_packages(include=["emofast", "emofast.*"]),
     package_data={"emofast.data": ["*.jsonl", "*.json", "*.safetensors"]},
     # Lower bounds are versions the whole test suite passed with (transformers: 5.0.0, 5.4.0
-    # and 5.24.0; 4.x was not tried); upper bounds stop before the next major release. constraints.txt
-    # pins what CI ran; README says how to upgrade deliberately.
+    # and 5.24.0; 4.x was not tried); upper bounds stop before the next major release.
+    # constraints.txt pins what CI ran; README says how to upgrade deliberately.
     install_requires=[
         "torch>=2.13,<3", "triton>=3.9,<4", "transformers>=5.0,<6", "accelerate>=1.15,<2",
         "bitsandbytes>=0.50.2,<1", "numpy>=2.4,<3", "safetensors>=0.8,<1", "tqdm>=4.70,<5",
