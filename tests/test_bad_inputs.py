@@ -55,7 +55,9 @@ def files(tmp_path):
                        "boolunit.json": '[{"edits": [{"layer": 1, "site": "attn_z", "unit": true}]}]',
                        "site.json": '[{"edits": [{"layer": 1, "site": "attn", "unit": 0}]}]',
                        "key.json": '[{"edits": [{"layer": 1, "site": "attn_z", "unit": 0, '
-                                   '"scale": 2}]}]'}.items():
+                                   '"scale": 2}]}]',
+                       "patch.json": '[{"edits": [{"layer": 1, "site": "attn_z", "unit": 0, '
+                                     '"mode": "patch"}]}]'}.items():
         (tmp_path / name).write_text(text)
         out[name] = tmp_path / name
     (tmp_path / "latin1.txt").write_bytes(b"fine\n\xff\xfe bad\n")
@@ -90,6 +92,7 @@ CLI_CASES = [
     (with_flags(STEER, layers="2-1"), 2, "start after end"),
     (with_flags(STEER, max_new_tokens="0"), 2, "integer >= 1"),
     (with_flags(STEER, scope="from:2"), 2, "steering does not support scope from:2"),
+    (with_flags(STEER, max_new_tokens="600"), 2, "passes the model's context of 512"),
     (with_flags(STEER, emotion="joy"), 2, "default sev6 directions have"),
     (with_flags(SWEEP, limit="0"), 2, "integer >= 1"),
     (with_flags(SWEEP, limit="-1"), 2, "integer >= 1"),
@@ -119,6 +122,7 @@ CLI_CASES = [
     (with_flags(SWEEP, variants="boolunit.json"), 2, "unit must be an integer, got True"),
     (with_flags(SWEEP, variants="site.json"), 2, "site 'attn': one of mlp_act"),
     (with_flags(SWEEP, variants="key.json"), 2, "unknown key(s) ['scale']"),
+    (with_flags(SWEEP, variants="patch.json"), 2, "mode 'patch': zero or mean"),
 ]
 
 
@@ -191,11 +195,20 @@ def test_cli_ignored_flags_warn(existing_run, tmp_path, capsys):
         assert f"warning: {flag} is ignored with --metric kl" in err
 
 
-def test_cli_steer_too_strong_is_an_error(random_directions, capsys):
-    # rms scale on three layers: each layer's delta grows with the last one's, past fp32's range
-    assert run_cli(with_flags(STEER, alpha="1e30", layers="0-2")) == 2
+@pytest.mark.parametrize("layers", ["1", "0-2"])  # finite but past fp32 once squared; inf
+def test_cli_steer_too_strong_is_an_error(random_directions, capsys, layers):
+    assert run_cli(with_flags(STEER, alpha="1e30", layers=layers)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "non-finite" in err[0] and "lower alpha" in err[0]
+    assert len(err) == 1 and "overflow" in err[0] and "lower alpha" in err[0], err
+
+
+def test_cli_sweep_steer_too_strong_names_the_variant(random_directions, tmp_path, capsys):
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    argv = _resolve(with_flags(SWEEP, variants="steer:anger:1", alphas="2,1e3,1e10,1e20"),
+                    tmp_path, {})
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "variant 3 gives a non-finite metric" in err[0], err
 
 
 def test_cli_damaged_part_refused_then_repaired(existing_run, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..analysis import default_directions
 from ..data import EMOTIONS6
 from ..interventions import Steering, generate
+from ..interventions.generation import check_fits
 from ..interventions.steering import SCOPES
 from ..sites import parse_layers
 from ..validation import arg, finite, positive_int
@@ -43,6 +44,7 @@ def run(args) -> int:
                          f"{', '.join(EMOTIONS6)}")
     model = common.load(args)
     layers = parse_layers(args.layers, model.n_layers)  # before directions are computed
+    check_fits(model, args.prompt, args.max_new_tokens, chat=not args.no_chat)
     dirs = default_directions(model, args.directions, progress=not args.quiet)
     steering = Steering.single(dirs, args.emotion, layers, args.alpha, model.n_layers,
                                scope=scope, scale=args.scale)

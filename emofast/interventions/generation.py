@@ -7,7 +7,7 @@ Modulation with one row per prompt runs every condition of a grid in one batched
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -52,28 +52,43 @@ def generate(model: Model, prompts: Sequence[Prompt | str], *,
     if iv is not None and iv.n_rows() not in (1, len(prompts)):
         raise ValueError(f"{type(iv).__name__} has {iv.n_rows()} rows for {len(prompts)} "
                          "prompts: give one row, or one per prompt")
-    texts = [model.chat_text(p) for p in prompts] if chat else list(prompts)
+    texts = check_fits(model, prompts, max_new_tokens, chat=chat)
     out: list[str] = []
     for start in tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress):
         batch = texts[start:start + batch_size]
         enc = model.encode(batch, templated=chat, padding_side="left")
-        empty = (enc["attention_mask"].sum(-1) == 0).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(f"prompt {start + empty[0]} has no tokens: give it some text")
         rows = None if iv is None else iv.take(slice(start, start + len(batch)), len(batch))
         kwargs = dict(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                       **generate_kwargs)
         if not kwargs["do_sample"]:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        with nullcontext() if rows is None else rows.hooks(model), _finite_logits(model) as bad:
+        with nullcontext() if rows is None else rows.hooks(model), model.overflow_watch() as bad:
             ids = model.hf.generate(input_ids=enc["input_ids"].to(model.device),
                                     attention_mask=enc["attention_mask"].to(model.device), **kwargs)
-        if rows is not None and bool(bad):
+        if rows is not None and bool(torch.stack([b.any() for b in bad]).any()):
             raise NonFiniteError(f"generate: {type(iv).__name__} {iv.describe()['sha1']} made the "
-                                 "model's logits non-finite (inf/nan): its strength is too large "
-                                 "for this model's activations; lower alpha")
+                                 "model's activations overflow (inf/nan in the final residual): "
+                                 "its strength is too large for this model; lower alpha")
         out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return [t.strip() for t in out]
+
+
+def check_fits(model: Model, prompts: Sequence[Prompt | str], max_new_tokens: int, *,
+               chat: bool = True) -> list[str]:
+    """The texts generation will see (chat template applied when `chat`); ValueError unless each
+    has a token and, with max_new_tokens more, fits the model's context. Cheap: tokenization."""
+    texts = [model.chat_text(p) for p in prompts] if chat else list(prompts)
+    lengths = model.encode(texts, templated=chat)["attention_mask"].sum(-1)
+    if (lengths == 0).any():
+        raise ValueError(f"prompt {int((lengths == 0).nonzero()[0])} has no tokens: give it "
+                         "some text")
+    context = model.context_length
+    if context is not None and int(lengths.max()) + max_new_tokens > context:
+        i = int(lengths.argmax())
+        raise ValueError(f"prompt {i} has {int(lengths[i])} tokens; with max_new_tokens "
+                         f"{max_new_tokens} that passes the model's context of {context}: "
+                         "lower max_new_tokens or shorten the prompt")
+    return texts
 
 
 def texts_or_prompts(prompts) -> list:
@@ -82,18 +97,3 @@ def texts_or_prompts(prompts) -> list:
     if not len(prompts):
         raise ValueError("generate needs at least one prompt")
     return list(prompts)
-
-
-@contextmanager
-def _finite_logits(model: Model):
-    """A device flag [] bool set when any logits of the block's forwards hold inf or nan
-    (read once, after generation: no host sync per step)."""
-    bad = torch.zeros((), dtype=torch.bool, device=model.device)
-
-    def watch(module, args, output):
-        bad.logical_or_(~torch.isfinite(output).all())
-    handle = model.hf.get_output_embeddings().register_forward_hook(watch)
-    try:
-        yield bad
-    finally:
-        handle.remove()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Mapping, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -120,6 +121,23 @@ class Model:
     def hooks(self, mapping):
         """Context manager installing `{site: fn}` hooks; see `emofast.sites.hooks`."""
         return _sites.hooks(self.adapter, mapping)
+
+    @contextmanager
+    def overflow_watch(self) -> Iterator[list[torch.Tensor]]:
+        """Yields a list to which each forward inside appends a [B] bool tensor (on the device,
+        no host sync): the rows whose final residual (the final norm's input) holds inf or nan
+        or overflows fp32 once squared. A norm of such a row is meaningless (RMSNorm of 1e30 is
+        0 or nan), and so is everything read after it: an edit far too strong."""
+        rows: list[torch.Tensor] = []
+
+        def check(module, args):
+            x = args[0].float()
+            rows.append(~torch.isfinite(x.pow(2).sum(-1)).flatten(1).all(-1))
+        handle = self.adapter.final_norm.register_forward_pre_hook(check)
+        try:
+            yield rows
+        finally:
+            handle.remove()
 
     # -- activations out -------------------------------------------------------------------
     @torch.inference_mode()

@@ -26,7 +26,7 @@ from ..models import Model, kv_cache_kwargs, position_ids
 from .batches import padded_starts
 from .clean import CleanState, clean_pass, readout, readout_hook, repeat_readout
 from .job import Job, finish
-from .metrics import Metric
+from .metrics import Metric, overflowed_to_nan
 from .plan import Chunk, plan_sweep
 from .steer import AdditionTable, rows_steer
 
@@ -99,7 +99,8 @@ def run_chunk(model: Model, state: CleanState, chunk: Chunk, metric: Metric, *,
     mask = b.mask.repeat(V_c, 1)
     start_hidden = state.resid_pre[f][:, s:].repeat(V_c, 1, 1) if f > 0 else None
     cache = _prefix_cache(model, state, V_c, f, s)
-    with _skip_layers(model, f, start_hidden, state.tuple_blocks), model.hooks(hooks):
+    with _skip_layers(model, f, start_hidden, state.tuple_blocks), model.hooks(hooks), \
+            model.overflow_watch() as overflow:
         out = model.hf.base_model(input_ids=b.ids[:, s:].repeat(V_c, 1), attention_mask=mask,
                                   position_ids=position_ids(mask)[:, s:],
                                   **kv_cache_kwargs(model.hf.base_model, cache,
@@ -107,7 +108,8 @@ def run_chunk(model: Model, state: CleanState, chunk: Chunk, metric: Metric, *,
     clean = None
     if metric.reads == "logits":
         clean = state.readout.clean_logprobs.repeat(V_c, 1)
-    return metric(readout(model, metric, out.last_hidden_state[:, -1], seen, clean))
+    return overflowed_to_nan(metric(readout(model, metric, out.last_hidden_state[:, -1], seen,
+                                            clean)), overflow)
 
 
 def _chunk_hooks(model: Model, state: CleanState, chunk: Chunk, fills: dict, last: bool,

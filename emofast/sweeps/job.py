@@ -46,8 +46,8 @@ def check_finite(variants: list[tuple], ids: torch.Tensor, values: torch.Tensor)
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise NonFiniteError(f"sweep: variant {bad[0]}{more} gives a non-finite metric "
-                             f"(inf/nan): {list(variants[bad[0]])} breaks the model's "
-                             "activations; lower its strength or drop it")
+                             f"(inf/nan, or activations that overflow): {list(variants[bad[0]])} "
+                             "is too strong for the model; lower its strength or drop it")
 
 
 def edit_keys(variants, mode: str) -> set[tuple[int, str]]:

@@ -13,7 +13,7 @@ import torch
 from .batches import padded_starts
 from .clean import clean_pass, readout_hook
 from .job import Job, edit_keys, finish
-from .metrics import Readout
+from .metrics import Readout, overflowed_to_nan
 from .plan import Add, Edit
 from .steer import index_steer
 
@@ -58,10 +58,11 @@ def _one(job: Job, variant: tuple, st, means: dict) -> torch.Tensor:
             if not isinstance(iv, (Edit, Add)):
                 stack.enter_context(iv.take(slice(b.start, b.stop), P).hooks(model))
         stack.enter_context(model.hooks(hooks))
+        overflow = stack.enter_context(model.overflow_watch())
         logits = model.forward(b.ids, b.mask).logits[:, -1].float()          # [P, vocab]
     r = (Readout(logits, st.readout.clean_logprobs, None)
          if metric.reads == "logits" else Readout(None, None, seen["resid"]))
-    return metric(r)
+    return overflowed_to_nan(metric(r), overflow)
 
 
 def index_edit(e: Edit, starts: list[int], fill: torch.Tensor | None):

@@ -63,6 +63,15 @@ def _check_vocab(ids: torch.Tensor, vocab_size: int, what: str) -> None:
                          f"{vocab_size} tokens (0..{vocab_size - 1})")
 
 
+def overflowed_to_nan(values: torch.Tensor, overflow: list[torch.Tensor]) -> torch.Tensor:
+    """values [B] with NaN in the rows whose final residual overflowed during the forward
+    (`Model.overflow_watch`): whatever a metric reads there is meaningless, and a NaN is refused
+    by the sweep with the variant named."""
+    if not overflow:
+        return values
+    return values.masked_fill(overflow[-1].to(values.device), float("nan"))
+
+
 class KL(Metric):
     """KL(clean || edited) of the next-token distribution, nats (0 for the clean run)."""
 

@@ -73,9 +73,10 @@ def variants_from_spec(spec: str, model: Model, mode: str = "zero", *,
     """"heads": one variant per (layer, head); "neurons:LAYERS" (e.g. neurons:20-29): one per
     (layer, neuron); "steer:EMOTIONS:LAYERS" (e.g. steer:anger,happiness:10-19): one Steer per
     (emotion, layer, alpha); FILE.json: [{"edits": [...]}], an edit {"layer", "site", "unit"}
-    (units of one (layer, site) merged into one edit) or a Steer {"layer", "site":
-    "resid_post", "emotion" (or "label", as results.json writes it), "alpha"[, "scale" or
-    "rms"]}. Ablations use `mode`; Steers take their vectors from `directions()`."""
+    (units of one (layer, site, mode, pos_start) merged into one edit; optional "mode" and
+    "pos_start", default `mode` and 0) or a Steer {"layer", "site": "resid_post", "emotion" (or
+    "label", as results.json writes it), "alpha"[, "scale" or "rms", "pos_start"]}. Steers
+    take their vectors from `directions()`."""
     if spec == "heads":
         return [[Edit(layer, "attn_z", [h], mode)] for layer in range(model.n_layers)
                 for h in range(model.n_heads)]
@@ -107,14 +108,16 @@ def variants_from_spec(spec: str, model: Model, mode: str = "zero", *,
 
 _EDIT_KEYS = {"layer", "site", "unit"}
 _STEER_KEYS = {"layer", "site", "emotion", "label", "alpha", "scale", "rms"}
-_RESULT_KEYS = {"mode", "pos_start", "unit"}  # what results.json adds, accepted when read back
+# what results.json adds: an edit's mode and pos_start are used; a steer's unit (its row of
+# steer_vectors) is not: the emotion and alpha say what it adds
+_RESULT_KEYS = {"mode", "pos_start", "unit"}
 
 
 def _variant_from_json(item, where: str, mode: str, directions: Directions | None) -> list:
     edits = item.get("edits") if isinstance(item, dict) else None
     if not isinstance(edits, list):
         raise ValueError(f"{where} needs an 'edits' list ([] is the clean run), got {item!r}")
-    units: dict[tuple[int, str], list[int]] = {}
+    units: dict[tuple[int, str, str, int], list[int]] = {}
     steers = []
     for j, e in enumerate(edits):
         at = f"{where}, edit {j}"
@@ -128,9 +131,14 @@ def _variant_from_json(item, where: str, mode: str, directions: Directions | Non
         if e["site"] not in SITES[:2]:
             raise ValueError(f"{at}: site {e['site']!r}: one of mlp_act (neurons), attn_z "
                              "(heads), resid_post (a steer)")
-        layer = integer(e["layer"], f"{at}: layer")
-        units.setdefault((layer, e["site"]), []).append(integer(e["unit"], f"{at}: unit"))
-    return [Edit(layer, site, us, mode) for (layer, site), us in units.items()] + steers
+        edit_mode = e.get("mode", mode)  # an edit's own mode (as results.json writes it) wins
+        if edit_mode not in ("zero", "mean"):
+            raise ValueError(f"{at}: mode {edit_mode!r}: zero or mean (patching needs sources, "
+                             "which the sweep's Python API takes)")
+        key = (integer(e["layer"], f"{at}: layer"), e["site"], edit_mode,
+               integer(e.get("pos_start", 0), f"{at}: pos_start", lo=0))
+        units.setdefault(key, []).append(integer(e["unit"], f"{at}: unit"))
+    return [Edit(layer, site, us, m, p) for (layer, site, m, p), us in units.items()] + steers
 
 
 def _known_keys(e: dict, known: set[str], where: str) -> None:
@@ -145,6 +153,7 @@ def _steer_from_json(e: dict, where: str, directions: Directions | None) -> Stee
         raise ValueError(f"{where}: a resid_post edit (a Steer) needs layer, emotion, alpha; "
                          f"got {e!r}")
     layer, alpha = integer(e["layer"], f"{where}: layer"), finite(e["alpha"], f"{where}: alpha")
+    pos_start = integer(e.get("pos_start", 0), f"{where}: pos_start", lo=0)
     emotion = text(emotion, f"{where}: emotion")
     if not isinstance(e.get("rms", False), bool):
         raise ValueError(f"{where}: rms must be true or false, got {e['rms']!r}")
@@ -153,7 +162,7 @@ def _steer_from_json(e: dict, where: str, directions: Directions | None) -> Stee
         raise ValueError(f"{where}: scale must be 'abs' or 'rms' (and agree with rms), got {e!r}")
     dirs = _need(directions, "a Steer")()
     dirs.require_site("resid_post", "steering adds to resid_post")
-    return Steer(layer, dirs.get(emotion, layer), alpha, scale, label=emotion)
+    return Steer(layer, dirs.get(emotion, layer), alpha, scale, pos_start, label=emotion)
 
 
 def _need(directions: Directions | None, what: str) -> Directions:

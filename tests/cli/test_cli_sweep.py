@@ -77,6 +77,27 @@ def test_variants_file_logit_diff_mean_all(tiny, tmp_path):
     torch.testing.assert_close(got, want, atol=scale_tol(want), rtol=0)
 
 
+def test_results_json_read_back_as_variants_keeps_mode_and_pos_start(tiny, tmp_path):
+    spec = [{"edits": [{"layer": 1, "site": "attn_z", "unit": 0, "mode": "mean", "pos_start": 2},
+                       {"layer": 1, "site": "attn_z", "unit": 2, "mode": "mean", "pos_start": 2}]},
+            {"edits": [{"layer": 1, "site": "attn_z", "unit": 0}]}]   # --mode (zero), from 0
+    vfile = tmp_path / "variants.json"
+    vfile.write_text(json.dumps(spec))
+    txt = tmp_path / "prompts.txt"
+    txt.write_text("\n".join(PROMPTS) + "\n")
+    assert run("--prompts", txt, "--variants", vfile, "--out", tmp_path / "a") == 0
+    first = json.loads((tmp_path / "a" / "results.json").read_text())
+    variants = [[Edit(1, "attn_z", [0, 2], "mean", 2)], [Edit(1, "attn_z", [0])]]
+    want = oracle(tiny, PROMPTS, variants, KL(), "per_edit").mean(1).float()
+    got = torch.tensor([v["value"] for v in first["variants"]])
+    torch.testing.assert_close(got, want, atol=scale_tol(want), rtol=0)
+    # results.json's own variants, read back as a variants file, give the same sweep
+    vfile.write_text(json.dumps([{"edits": v["edits"]} for v in first["variants"]]))
+    assert run("--prompts", txt, "--variants", vfile, "--out", tmp_path / "b") == 0
+    again = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert [v["value"] for v in again["variants"]] == [v["value"] for v in first["variants"]]
+
+
 def test_neurons_spec_and_builtin_prompts(tiny, tmp_path):
     out = tmp_path / "run"
     assert run("--prompts", "basic4", "--limit", "3", "--variants", "neurons:1-2",
