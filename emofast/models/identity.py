@@ -17,12 +17,16 @@ import torch
 def weights_sha256(hf: torch.nn.Module) -> str:
     """sha256 of the module's state (parameters and buffers, in state_dict order)."""
     state = hf.state_dict(keep_vars=True)
-    h = hashlib.sha256()
+    h, seen = hashlib.sha256(), {}
     with torch.no_grad():
         for name, t in state.items():
             t = t.detach()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            if t.numel():
+            view = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+            if view in seen:  # a tied weight (embedding = unembedding): its bytes once
+                h.update(f"same as {seen[view]}|".encode())
+            elif t.numel():
+                seen[view] = name
                 h.update(t.cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
 
