@@ -75,6 +75,14 @@ def positive(x: Any, name: str) -> float:
     return value
 
 
+def non_negative(x: Any, name: str) -> float:
+    """A finite number >= 0 (regularisation strengths)."""
+    value = finite(x, name)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value:g}")
+    return value
+
+
 def text(x: Any, name: str) -> str:
     if not isinstance(x, str):
         raise TypeError(f"{name} must be a string, got {type(x).__name__} {x!r}")
@@ -120,7 +128,7 @@ def arg(check: Callable, convert: Callable = None) -> Callable[[str], Any]:
     """An argparse `type=` running `check` on the flag's value (converted by `convert`: int for
     integer checks, float for number checks, by default from the check)."""
     convert = convert or (int if check in (integer, positive_int) else float
-                          if check in (finite, positive) else str)
+                          if check in (finite, positive, non_negative) else str)
 
     def parse(s: str):
         try:

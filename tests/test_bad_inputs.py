@@ -123,6 +123,9 @@ CLI_CASES = [
     (with_flags(SWEEP, variants="site.json"), 2, "site 'attn': one of mlp_act"),
     (with_flags(SWEEP, variants="key.json"), 2, "unknown key(s) ['scale']"),
     (with_flags(SWEEP, variants="patch.json"), 2, "mode 'patch': zero or mean"),
+    (["judge", "train", "--train", "x.jsonl", "--out", "h", "--l2", "-1"], 2, "must be >= 0"),
+    (["judge", "train", "--train", "x.jsonl", "--out", "h", "--max-iter", "0"], 2, ">= 1"),
+    (["judge", "eval", "--data", "x.jsonl", "--batch-size", "0"], 2, ">= 1"),
 ]
 
 

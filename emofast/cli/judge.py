@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..data import load_dataset
 from ..eval import EmotionJudge, JudgeScore, train_judge
+from ..validation import arg, non_negative, positive_int
 
 
 def add_parser(sub) -> None:
@@ -25,15 +26,16 @@ def add_parser(sub) -> None:
                    help="labelled JSONL to report held-out accuracy on (recorded in the JSON)")
     t.add_argument("--out", required=True,
                    help="output prefix: writes PREFIX.safetensors and PREFIX.json")
-    t.add_argument("--l2", type=float, default=1e-5,
+    t.add_argument("--l2", type=arg(non_negative), default=1e-5, metavar="X",
                    help="L2 penalty on the weight (default 1e-5: best of 1e-2..3e-7 in 5-fold CV "
                         "grouped by skeleton on the sev split)")
-    t.add_argument("--max-iter", type=int, default=500, help="LBFGS iterations (default 500)")
+    t.add_argument("--max-iter", type=arg(positive_int), default=500, metavar="N",
+                   help="LBFGS iterations (default 500)")
     e = cmds.add_parser("eval", help="print per-emotion accuracy of a head on labelled texts")
     e.add_argument("--data", required=True, help="labelled JSONL (any emofast.data format)")
     e.add_argument("--head", help="head prefix or .safetensors (default: the shipped head)")
     for c in (t, e):
-        c.add_argument("--batch-size", type=int, default=64,
+        c.add_argument("--batch-size", type=arg(positive_int), default=64, metavar="N",
                        help="texts per encoder batch (default 64)")
         c.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=run)
