@@ -139,7 +139,10 @@ class SAE(nn.Module):
         return self.decode(self.encode(x, _undo=undo), _undo=undo[0]).view_as(x)
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(-2) if parse_site(self.site).kind == "attn_z" else x
+        """attn_z activations [..., H, d_head] as [..., H * d_head]; flat input as it is."""
+        if parse_site(self.site).kind == "attn_z" and x.dim() >= 2 and x.shape[-1] != self.d_in:
+            return x.flatten(-2)
+        return x
 
     # -- spliced into a model --------------------------------------------------------------------
     @contextmanager

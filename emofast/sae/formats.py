@@ -1,0 +1,191 @@
+"""SAE folders on disk: SAELens (6.x written, 5.x and 6.x read) and EleutherAI sparsify.
+
+    sae = load_sae("path/to/folder", model)       # the format is detected; the width checked
+    save_sae(sae, "out/L12", format="saelens")     # cfg.json + sae_weights.safetensors
+    save_sae(sae, "out/layers.12", format="sparsify")
+
+SAELens: cfg.json + sae_weights.safetensors (W_enc [d_in, d_sae], W_dec, b_enc, b_dec,
+threshold). 6.x configs carry "architecture" (standard, topk with "k", jumprelu) and
+meta.hook_name; 5.x configs are flat (activation_fn_str "topk" with activation_fn_kwargs.k,
+hook_name or hook_point, hook_layer). Hook names are TransformerLens's:
+blocks.L.hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out,
+blocks.L.mlp.hook_post (mlp_act) and blocks.L.attn.hook_z (attn_z, flattened heads).
+sparsify: a folder per hookpoint (layers.L = the output of layer L = resid_post, layers.L.mlp =
+mlp_out) with cfg.json (k, num_latents or expansion_factor) and sae.safetensors (encoder.weight
+[d_sae, d_in], encoder.bias, W_dec [d_sae, d_in], b_dec): TopK after a ReLU, b_dec subtracted
+from the input. A skip connection (W_skip) is refused: the SAE has none.
+Every malformed folder is one ValueError naming the file and what was wrong.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ..data import read_text
+from ..report.files import load_tensors, save_tensors, write_json
+from ..sites import parse_site
+from .model import SAE, site_width
+
+FORMATS = ("saelens", "sparsify")
+SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
+SPARSIFY_WEIGHTS = "sae.safetensors"
+_TL_HOOKS = {"hook_resid_pre": "resid_pre", "hook_resid_mid": "resid_mid",
+             "hook_resid_post": "resid_post", "hook_attn_out": "attn_out",
+             "hook_mlp_out": "mlp_out", "mlp.hook_post": "mlp_act", "attn.hook_z": "attn_z"}
+_DTYPES = {"float32": torch.float32, "torch.float32": torch.float32, "bfloat16": torch.bfloat16,
+           "torch.bfloat16": torch.bfloat16, "float16": torch.float16,
+           "torch.float16": torch.float16}
+
+
+def site_of_hook(hook: str, where: str) -> str:
+    """A TransformerLens hook name as an emofast site: blocks.12.hook_resid_post -> L12.resid_post."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", str(hook))
+    if not m or m.group(2) not in _TL_HOOKS:
+        raise ValueError(f"{where}: hook {hook!r} is not supported: one of blocks.L."
+                         f"{{{', '.join(_TL_HOOKS)}}}")
+    return f"L{m.group(1)}.{_TL_HOOKS[m.group(2)]}"
+
+
+def hook_of_site(site: str) -> str:
+    s = parse_site(site)
+    hook = {v: k for k, v in _TL_HOOKS.items()}[s.kind]
+    return f"blocks.{s.layer}.{hook}"
+
+
+def load_sae(path: str | Path, model=None, *, device=None) -> SAE:
+    """The SAE in folder `path` (SAELens or sparsify, detected); with `model`, its width must
+    match the model's site."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no SAE folder at {path}")
+    if (path / SAELENS_WEIGHTS).is_file():
+        sae = _load_saelens(path)
+    elif (path / SPARSIFY_WEIGHTS).is_file():
+        sae = _load_sparsify(path)
+    else:
+        raise ValueError(f"{path} holds neither {SAELENS_WEIGHTS} (SAELens) nor "
+                         f"{SPARSIFY_WEIGHTS} (sparsify)")
+    if model is not None:
+        site = parse_site(sae.site, model.n_layers)
+        if site_width(model, site.kind) != sae.d_in:
+            raise ValueError(f"{path}: the SAE reads {sae.d_in} features at {site}, this "
+                             f"model has {site_width(model, site.kind)} there")
+        device = device or model.device
+    return sae.to(device) if device is not None else sae
+
+
+def save_sae(sae: SAE, folder: str | Path, *, format: str = "saelens",
+             model_name: str | None = None) -> Path:
+    """Write `sae` to `folder` in `format` (SAELens 6.x by default, loadable by SAELens)."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown SAE format {format!r}: one of {', '.join(FORMATS)}")
+    folder = Path(folder)
+    if format == "saelens":
+        tensors = {n: p.detach() for n, p in sae.named_parameters()}
+        save_tensors(folder / SAELENS_WEIGHTS, tensors)
+        cfg = {"architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
+               "dtype": str(sae.W_enc.dtype).replace("torch.", ""), "device": "cpu",
+               "apply_b_dec_to_input": sae.apply_b_dec_to_input,
+               "normalize_activations": sae.normalize_activations,
+               "reshape_activations": "hook_z" if parse_site(sae.site).kind == "attn_z" else "none",
+               "meta": {"model_name": model_name, "hook_name": hook_of_site(sae.site),
+                        "emofast_site": sae.site}}
+        if sae.architecture == "topk":
+            cfg["k"] = sae.k
+        write_json(folder / SAELENS_CFG, cfg)
+        return folder
+    s = parse_site(sae.site)
+    if sae.architecture != "topk" or s.kind not in ("resid_post", "mlp_out") \
+            or not sae.apply_b_dec_to_input or sae.normalize_activations != "none":
+        raise ValueError(f"{sae}: sparsify stores TopK SAEs on resid_post or mlp_out that "
+                         "subtract b_dec from their input, without normalisation")
+    save_tensors(folder / SPARSIFY_WEIGHTS, {
+        "encoder.weight": sae.W_enc.detach().T, "encoder.bias": sae.b_enc.detach(),
+        "W_dec": sae.W_dec.detach(), "b_dec": sae.b_dec.detach()})
+    write_json(folder / "cfg.json", {"k": sae.k, "num_latents": sae.d_sae, "d_in": sae.d_in,
+                                     "normalize_decoder": True, "skip_connection": False,
+                                     "multi_topk": False, "emofast_site": sae.site})
+    return folder
+
+
+def _cfg(path: Path) -> dict:
+    try:
+        cfg = json.loads(read_text(path))
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return cfg
+
+
+def _tensors(path: Path, need: tuple[str, ...]) -> dict:
+    t = load_tensors(path)
+    missing = [n for n in need if n not in t]
+    if missing:
+        raise ValueError(f"{path}: missing tensor(s) {missing}; it has {sorted(t)}")
+    return t
+
+
+def _load_saelens(path: Path) -> SAE:
+    cfg_path = path / SAELENS_CFG
+    cfg = _cfg(cfg_path)
+    arch = cfg.get("architecture", "standard")
+    k = cfg.get("k")
+    if cfg.get("activation_fn_str") == "topk" or arch == "topk":  # 5.x: standard + topk kwargs
+        arch = "topk"
+        k = k if k is not None else (cfg.get("activation_fn_kwargs") or {}).get("k")
+    hook = (cfg.get("meta") or {}).get("hook_name") or cfg.get("hook_name") or \
+        cfg.get("hook_point")
+    site = (cfg.get("meta") or {}).get("emofast_site") or site_of_hook(hook, str(cfg_path))
+    try:
+        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+        sae = SAE(d_in, d_sae, architecture=arch, k=k, site=site,
+                  apply_b_dec_to_input=cfg.get("apply_b_dec_to_input", True),
+                  normalize_activations=cfg.get("normalize_activations") or "none",
+                  dtype=_DTYPES.get(str(cfg.get("dtype", "float32")), torch.float32))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_path}: {' '.join(str(e).split())}") from None
+    need = ("W_enc", "W_dec", "b_enc", "b_dec") + (("threshold",) if arch == "jumprelu" else ())
+    t = _tensors(path / SAELENS_WEIGHTS, need)
+    _fill(sae, {n: t[n] for n in need}, path / SAELENS_WEIGHTS)
+    return sae
+
+
+def _load_sparsify(path: Path) -> SAE:
+    cfg = _cfg(path / "cfg.json")
+    t = _tensors(path / SPARSIFY_WEIGHTS, ("encoder.weight", "encoder.bias", "W_dec", "b_dec"))
+    if "W_skip" in t or cfg.get("skip_connection"):
+        raise ValueError(f"{path}: a sparsify SAE with a skip connection is not supported")
+    site = cfg.get("emofast_site") or _sparsify_site(path.name, path)
+    d_sae, d_in = t["encoder.weight"].shape
+    try:
+        sae = SAE(d_in, d_sae, architecture="topk", k=cfg.get("k"), site=site,
+                  dtype=t["W_dec"].dtype)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path / 'cfg.json'}: {' '.join(str(e).split())}") from None
+    _fill(sae, {"W_enc": t["encoder.weight"].T, "b_enc": t["encoder.bias"], "W_dec": t["W_dec"],
+                "b_dec": t["b_dec"]}, path / SPARSIFY_WEIGHTS)
+    return sae
+
+
+def _sparsify_site(name: str, path: Path) -> str:
+    m = re.fullmatch(r"(?:.*\.)?layers\.(\d+)(\.mlp)?", name)
+    if not m:
+        raise ValueError(f"{path}: hookpoint {name!r} is not supported: layers.L (resid_post) "
+                         "or layers.L.mlp (mlp_out)")
+    return f"L{m.group(1)}.{'mlp_out' if m.group(2) else 'resid_post'}"
+
+
+def _fill(sae: SAE, tensors: dict, where: Path) -> None:
+    with torch.no_grad():
+        for name, value in tensors.items():
+            p = getattr(sae, name)
+            if tuple(value.shape) != tuple(p.shape):
+                raise ValueError(f"{where}: {name} has shape {list(value.shape)}, the config "
+                                 f"says {list(p.shape)}")
+            p.copy_(value.to(p.dtype))
