@@ -20,7 +20,7 @@ from .discovery import (assemble_circuit, attribution_screen, discover_emotion, 
 from .eval import EmotionJudge, distinct_n, lm_preservation, select_steering
 from .interventions import Circuit, Intervention, Modulation, Steering, generate
 from .models import DEFAULT_MODEL, Model, load_model
-from .sae import SAE, load_sae, save_sae
+from .sae import SAE, evaluate_sae, load_sae, save_sae
 from .sites import KINDS, Scope, Site, hooks, parse_layers, parse_site, sites_for
 from .sweeps import (KL, Edit, LogitDiff, LogProb, ProbeProb, Projection, Steer, SweepResult,
                      Variant, steer_grid, sweep)
@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_MODEL", "EMOTIONS6", "KINDS", "KL", "Circuit", "Edit", "Emot
            "Modulation", "ProbeProb", "Projection", "SAE", "Scope", "Site", "Steer", "Steering",
            "SweepResult", "Variant", "assemble_circuit", "attribution_screen",
            "cross_model_alignment", "default_directions", "diff_of_means", "discover_emotion",
-           "distinct_n", "emotion_metrics", "emotion_pca", "example_activations", "fit_probe",
+           "distinct_n", "emotion_metrics", "emotion_pca", "evaluate_sae", "example_activations", "fit_probe",
            "generate", "hooks", "importance_prompts", "layer_separability", "lm_preservation",
            "load_dataset", "load_model", "load_sae", "load_skeletons", "neutral_sentences", "parse_layers",
            "parse_site", "principal_angles", "prompt_activations", "rank_neurons",
