@@ -1,4 +1,4 @@
-"""The `emofast` command: demo, directions, steer, sweep, discover, judge; one module each.
+"""The `emofast` command: demo, directions, steer, sweep, discover, judge, sae; one module each.
 
 Each subcommand module parses its flags into a config (or a library call's arguments) and calls
 a pipeline or library function; `emofast <command> --help` explains each.
@@ -10,9 +10,9 @@ import os
 import sys
 
 from ..validation import Interrupted
-from . import demo, directions, discover, judge, steer, sweep
+from . import demo, directions, discover, judge, sae, steer, sweep
 
-COMMANDS = (demo, directions, steer, sweep, discover, judge)
+COMMANDS = (demo, directions, steer, sweep, discover, judge, sae)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -144,6 +144,13 @@ class PartStore:
         self.tensors[name] = {k: v.detach().cpu() for k, v in tensors.items()}
         self._write_manifest()
 
+    def drop(self, name: str) -> None:
+        """Forget a part (the manifest first, then the file): e.g. a checkpoint superseded."""
+        self.manifest.pop(name, None)
+        self.tensors.pop(name, None)
+        self._write_manifest()
+        self.part_path(name).unlink(missing_ok=True)
+
     def _write_manifest(self) -> None:
         write_json(self.dir / "manifest.json", {"parts": self.manifest})
 

@@ -1,0 +1,40 @@
+"""`emofast sae train` and `emofast sae eval` on a tiny model: flags onto SAETrainConfig, a
+folder per site that `sae eval` reads, a rerun that resumes, bad flags refused."""
+import json
+
+import pytest
+
+import emofast.cli as cli
+import emofast.cli.common
+from conftest import make_tiny
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    model = make_tiny("gpt2")
+    monkeypatch.setattr(emofast.cli.common, "load", lambda args: model)
+    return model
+
+
+def test_train_then_eval(tiny, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"some words about things number {i} " * 4 for i in range(30)))
+    out = tmp_path / "saes"
+    argv = ["sae", "train", "--quiet", "--corpus", str(corpus), "--sites", "L1.resid_post",
+            "--expansion", "2", "--k", "4", "--batch-tokens", "64", "--buffer-tokens", "128",
+            "--max-length", "32", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert "L1.resid_post: fvu" in capsys.readouterr().out
+    assert cli.main(["sae", "eval", "--quiet", "--sae", str(out / "L1.resid_post"), "--texts",
+                     str(corpus), "--out", str(tmp_path / "ev.json")]) == 0
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert ev["site"] == "L1.resid_post" and 0 < ev["fvu"] and ev["n_tokens"] > 0
+    assert cli.main(argv) == 0  # finished: resumes from the last checkpoint, trains nothing
+    assert "resumed" in capsys.readouterr().out
+
+
+def test_bad_flags(tiny, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["sae", "train", "--k", "x"])
+    assert cli.main(["sae", "train", "--k", "0", "--corpus", "default"]) == 2
+    assert "k must be an integer >= 1" in capsys.readouterr().err
