@@ -1,5 +1,6 @@
 """The house (DESIGN.md): every import goes to the module's own tier or lower, no cycles, pipelines
-never import each other, only pipelines draw reports (every room may store files: report.files, .lock, .parts), only the C++ face loads the extension;
+never import each other, only pipelines draw reports (every room may store files: report.files,
+.lock, .parts), only the C++ face loads the extension;
 modules stay under 400 lines and functions under 80. Each rule is proven to fire on a synthetic
 tree with a planted violation.
 
