@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from ..sae import evaluate_sae, load_sae
+from ..sae.formats import cached_sae_folder
 from ..sae.corpus import load_corpus
 from ..sae.train import SAETrainConfig, train_saes
 from . import common
@@ -21,14 +22,16 @@ def add_parser(sub) -> None:
     t.add_argument("--corpus", default="default", help="'default' (offline: pydoc_data.topics "
                    "prose + emofast's emotion datasets, 121k SmolLM2 tokens), a .txt (documents "
                    "split at blank lines) or .jsonl ({\"text\"}) file, or a folder of them")
-    t.add_argument("--out", default="emofast-saes", help="folder: one SAELens folder per site, "
-                   "train.json, checkpoints (a rerun resumes)")
+    t.add_argument("--out", default=None, help="folder: one SAELens folder per site, "
+                   "train.json, checkpoints (a rerun resumes); default $EMOFAST_CACHE/saes/"
+                   "<model>, where load_sae('<model>/<site>') finds them")
     t.add_argument("--repair", action="store_true", help="recompute a damaged checkpoint")
     add_config_flags(t, SAETrainConfig)
     t.set_defaults(fn=run_train)
     e = sub2.add_parser("eval", help="FVU, L0, dead latents and CE-loss score on held-out text")
     add_model_flags(e)
-    e.add_argument("--sae", required=True, help="an SAE folder (SAELens or sparsify)")
+    e.add_argument("--sae", required=True, help="an SAE folder (SAELens or sparsify), or "
+                   "<model>/<site> trained into $EMOFAST_CACHE")
     e.add_argument("--texts", default="default", help="held-out text, as --corpus takes it")
     e.add_argument("--out", default=None, help="write the evaluation as JSON here")
     e.set_defaults(fn=run_eval)
@@ -38,13 +41,14 @@ def run_train(args) -> int:
     cfg = config_from_args(args, SAETrainConfig)
     docs = load_corpus(args.corpus)
     model = common.load(args)
-    res = train_saes(model, docs, cfg, out=args.out, progress=not args.quiet, repair=args.repair)
+    out = args.out or cached_sae_folder(args.model, cfg.sites[0]).parent
+    res = train_saes(model, docs, cfg, out=out, progress=not args.quiet, repair=args.repair)
     for site in cfg.sites:
         last = res.history[-1][site]
         print(f"{site}: fvu {last['fvu']:.3f} (training batches), l0 {last['l0']:.1f}, dead "
               f"{last['dead']:.1%}")
     print(f"{res.tokens} tokens" + (f" ({res.resumed_from} resumed)" if res.resumed_from else "")
-          + f"; wrote {args.out}")
+          + f"; wrote {out}")
     return 0
 
 

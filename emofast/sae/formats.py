@@ -1,6 +1,7 @@
 """SAE folders on disk: SAELens (6.x written, 5.x and 6.x read) and EleutherAI sparsify.
 
     sae = load_sae("path/to/folder", model)       # the format is detected; the width checked
+    sae = load_sae("smollm2-135m-instruct/L24.resid_post")   # trained into $EMOFAST_CACHE
     save_sae(sae, "out/L12", format="saelens")     # cfg.json + sae_weights.safetensors
     save_sae(sae, "out/layers.12", format="sparsify")
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..data import read_text
+from ..models.embedded import cache_dir
 from ..report.files import load_tensors, save_tensors, write_json
 from ..sites import parse_site
 from .model import SAE, site_width
@@ -58,9 +60,7 @@ def hook_of_site(site: str) -> str:
 def load_sae(path: str | Path, model=None, *, device=None) -> SAE:
     """The SAE in folder `path` (SAELens or sparsify, detected); with `model`, its width must
     match the model's site."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no SAE folder at {path}")
+    path = Path(path) if Path(path).is_dir() else _cached(str(path))
     if (path / SAELENS_WEIGHTS).is_file():
         sae = _load_saelens(path)
     elif (path / SPARSIFY_WEIGHTS).is_file():
@@ -75,6 +75,26 @@ def load_sae(path: str | Path, model=None, *, device=None) -> SAE:
                              f"model has {site_width(model, site.kind)} there")
         device = device or model.device
     return sae.to(device) if device is not None else sae
+
+
+def cached_sae_folder(model_name: str, site: str) -> Path:
+    """Where `emofast sae train` keeps a model's trained SAEs: $EMOFAST_CACHE/saes/<model>/<site>."""
+    return cache_dir() / "saes" / Path(model_name).name / str(parse_site(site))
+
+
+def _cached(name: str) -> Path:
+    """"<model>/<site>" (e.g. smollm2-135m-instruct/L24.resid_post) in the cache, or an error
+    that gives the command training it."""
+    model_name, _, site = name.rpartition("/")
+    if not model_name or not re.fullmatch(r"L\d+\.\w+", site):
+        raise FileNotFoundError(f"no SAE folder at {name} (nor a name like "
+                                "smollm2-135m-instruct/L24.resid_post)")
+    folder = cached_sae_folder(model_name, site)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no trained SAE {name} in {folder.parent}: train it with `emofast sae train "
+            f"--model {model_name} --sites {site} --out {folder.parent}`")
+    return folder
 
 
 def save_sae(sae: SAE, folder: str | Path, *, format: str = "saelens",

@@ -126,3 +126,16 @@ def test_sparsify_refusals(tmp_path):
         load_sae(folder)
     with pytest.raises(ValueError, match="unknown SAE format"):
         save_sae(sae, tmp_path / "y", format="npz")
+
+
+def test_cached_names(tmp_path, monkeypatch):
+    from emofast.sae.formats import cached_sae_folder
+    monkeypatch.setenv("EMOFAST_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="emofast sae train --model tiny --sites "
+                       "L1.resid_post --out .*saes/tiny"):
+        load_sae("tiny/L1.resid_post")
+    sae = random_sae(12, 40, "topk", k=5, site="L1.resid_post")
+    save_sae(sae, cached_sae_folder("tiny", "L1.resid_post"))
+    assert load_sae("tiny/L1.resid_post").site == "L1.resid_post"
+    with pytest.raises(FileNotFoundError, match="no SAE folder at nowhere"):
+        load_sae("nowhere")
