@@ -41,9 +41,9 @@ def run_train(args) -> int:
     cfg = config_from_args(args, SAETrainConfig)
     docs = load_corpus(args.corpus)
     model = common.load(args)
-    out = args.out or cached_sae_folder(args.model, cfg.sites[0]).parent
+    out = args.out or cached_sae_folder(args.model, "L0.resid_post").parent
     res = train_saes(model, docs, cfg, out=out, progress=not args.quiet, repair=args.repair)
-    for site in cfg.sites:
+    for site in res.saes:
         last = res.history[-1][site]
         print(f"{site}: fvu {last['fvu']:.3f} (training batches), l0 {last['l0']:.1f}, dead "
               f"{last['dead']:.1%}")

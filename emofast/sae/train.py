@@ -44,7 +44,9 @@ from .model import SAE, site_width
 
 @dataclass(frozen=True)
 class SAETrainConfig:
-    sites: tuple[str, ...] = ("L6.resid_post",)
+    sites: tuple[str, ...] = field(default=(), metadata={
+        "help": "sites to train, e.g. L6.resid_post,L24.resid_post (default: 6 resid_post "
+                "layers from early to the last)"})
     expansion: int = field(default=8, metadata={"help": "d_sae = expansion x d_in"})
     k: int = field(default=32, metadata={"help": "active latents per token"})
     epochs: int = field(default=1, metadata={"help": "passes over the corpus"})
@@ -68,8 +70,6 @@ class SAETrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.buffer_tokens < self.batch_tokens:
             raise ValueError("buffer_tokens must be >= batch_tokens")
-        if not self.sites:
-            raise ValueError("sites: give at least one, e.g. L6.resid_post")
         for s in self.sites:
             parse_site(s)
 
@@ -179,6 +179,8 @@ def train_saes(model, corpus: Sequence[str], config: SAETrainConfig | None = Non
     cfg = config or SAETrainConfig()
     if not isinstance(cfg, SAETrainConfig):
         raise TypeError(f"config must be an SAETrainConfig, got {cfg!r}")
+    if not cfg.sites:
+        cfg = dataclasses.replace(cfg, sites=default_sites(model.n_layers))
     for s in cfg.sites:
         parse_site(s, model.n_layers)
     windows = token_windows(model, corpus, cfg.max_length)
@@ -196,6 +198,14 @@ def train_saes(model, corpus: Sequence[str], config: SAETrainConfig | None = Non
                                              "resumed_from": result.resumed_from,
                                              "history": result.history})
         return result
+
+
+def default_sites(n_layers: int, n: int = 6) -> tuple[str, ...]:
+    """n resid_post layers evenly spread from about a sixth of the depth to the last
+    (SmolLM2's 30: 5, 10, 15, 19, 24, 29)."""
+    first, last = n_layers // 6, n_layers - 1
+    layers = sorted({round(first + i * (last - first) / (n - 1)) for i in range(n)})
+    return tuple(f"L{layer}.resid_post" for layer in layers)
 
 
 def _sha(windows) -> str:

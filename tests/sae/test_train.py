@@ -117,3 +117,14 @@ def test_auxk_equals_hand_formula():
     want = 0.75 * (e_hat - e).pow(2).sum() / total_var
     with torch.no_grad():
         torch.testing.assert_close(_auxk(sae, x, e, dead, total_var), want)
+
+
+def test_default_sites_spread_to_the_last_layer():
+    from emofast.sae.train import default_sites
+    assert default_sites(30) == ("L5.resid_post", "L10.resid_post", "L15.resid_post",
+                                 "L19.resid_post", "L24.resid_post", "L29.resid_post")
+    assert default_sites(3) == ("L0.resid_post", "L1.resid_post", "L2.resid_post")
+    model = make_tiny("llama")
+    cfg = SAETrainConfig(expansion=2, k=2, batch_tokens=64, buffer_tokens=128, max_length=32)
+    res = train_saes(model, DOCS[:10], cfg, progress=False)
+    assert tuple(res.saes) == default_sites(model.n_layers)
