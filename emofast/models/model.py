@@ -125,14 +125,15 @@ class Model:
     @contextmanager
     def overflow_watch(self) -> Iterator[list[torch.Tensor]]:
         """Yields a list to which each forward inside appends a [B] bool tensor (on the device,
-        no host sync): the rows whose final residual (the final norm's input) holds inf or nan
-        or overflows fp32 once squared. A norm of such a row is meaningless (RMSNorm of 1e30 is
-        0 or nan), and so is everything read after it: an edit far too strong."""
+        no host sync): the rows whose final residual (the final norm's input) at the last
+        position holds inf or nan or overflows fp32 once squared. A norm of such a row is
+        meaningless (RMSNorm of 1e30 is 0 or nan), and so is every logit read from it: an edit
+        far too strong. Only the last position is checked: what sweeps and generation read."""
         rows: list[torch.Tensor] = []
 
         def check(module, args):
-            x = args[0].float()
-            rows.append(~torch.isfinite(x.pow(2).sum(-1)).flatten(1).all(-1))
+            x = args[0][:, -1].float()                                        # [B, d_model]
+            rows.append(~torch.isfinite(x.pow(2).sum(-1)))
         handle = self.adapter.final_norm.register_forward_pre_hook(check)
         try:
             yield rows
