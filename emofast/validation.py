@@ -153,10 +153,3 @@ def numbers_list(spec: str, what: str) -> list[float]:
     if len(set(values)) != len(values):
         raise ValueError(f"{what} {spec!r}: each number once (a repeat would run twice)")
     return finite_all(values, what)
-
-
-def check_finite_output(x: torch.Tensor, what: str) -> None:
-    """Raise NonFiniteError naming `what` when x holds inf or nan (one host sync)."""
-    if not bool(torch.isfinite(x).all()):
-        raise NonFiniteError(f"{what} produced non-finite values (inf/nan): its strength is too "
-                             "large for this model's activations; lower it")
