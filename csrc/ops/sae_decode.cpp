@@ -323,7 +323,8 @@ std::tuple<at::Tensor, at::Tensor> sae_decode_backward_cpu(
   auto g = grad_out.contiguous();
   auto idx = indices.contiguous();
   auto val = values.contiguous();
-  auto W = W_dec.contiguous();
+  // W is read only for grad values: the encoder's W_enc gradient passes a shape-only tensor
+  auto W = need_values ? W_dec.contiguous() : W_dec;
   const int64_t N = idx.size(0), k = idx.size(1), d_model = W.size(1);
   at::Tensor gv = need_values ? at::empty({N, k}, val.options()) : at::empty({0}, val.options());
   at::Tensor gW32;  // fp32 accumulator: grad_W_dec itself for fp32, converted after for half types

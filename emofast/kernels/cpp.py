@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from .autograd import sae_encode_grad_inputs, sae_encode_grad_pre
+from .autograd import sae_encode_backward
 
 _state: dict = {}
 _on_load: list = []
@@ -141,15 +141,22 @@ def _encode_setup_context(ctx, inputs, output):
     x, W_enc, _, b_dec, _, activation, *_ = inputs
     sparse = isinstance(output, (tuple, list))
     out, indices = (output[0], output[1]) if sparse else (output, None)
-    ctx.activation, ctx.d_sae = activation, W_enc.shape[1]
+    ctx.activation = activation
     ctx.save_for_backward(x, W_enc, b_dec, out, indices)
 
 
 def _encode_backward(ctx, grad_out, *_):
     x, W_enc, b_dec, out, indices = ctx.saved_tensors
-    gp = sae_encode_grad_pre(grad_out, out, ctx.activation, indices, ctx.d_sae)
-    grads = sae_encode_grad_inputs(gp, x, W_enc, b_dec, ctx.needs_input_grad[:4])
+    grads = sae_encode_backward(grad_out, out, indices, x, W_enc, b_dec, ctx.activation,
+                                ctx.needs_input_grad[:4], row_grads=_encoder_row_grads(W_enc))
     return (*grads, None, None) + ((None,) if indices is not None else ())
+
+
+def _encoder_row_grads(W_enc):
+    # the decoder's W gradient loop; it reads W only for its shape when values need no grad
+    shape_only = W_enc.new_empty(()).expand(W_enc.shape[1], W_enc.shape[0])
+    return lambda g, indices, values: torch.ops.emofast.sae_decode_backward(
+        g, indices, values, shape_only, False, True)[1]
 
 
 def _decode_setup_context(ctx, inputs, output):

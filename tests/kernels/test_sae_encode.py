@@ -127,15 +127,19 @@ GRAD_CASES = [("relu", {}), ("jumprelu", {}), ("topk", dict(k=5)),
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("activation, extra", GRAD_CASES, ids=["relu", "jumprelu", "topk",
                                                                "relu-sparse"])
-def test_gradients_match_reference(impl, activation, extra):
+@pytest.mark.parametrize("x_grad", [True, False], ids=["x-grad", "params-only"])
+def test_gradients_match_reference(impl, activation, extra, x_grad):
     # fp32: the backward is the same torch ops on every face, so only the forward's mask/selection
-    # could differ; inputs avoid near-ties (see safe_threshold), tolerances as for the forward
+    # could differ; inputs avoid near-ties (see safe_threshold), tolerances as for the forward.
+    # params-only is SAE training: the C++ face then sums grad W_enc sparsely (top-k cases)
     x, W_enc, b_enc, b_dec = make_case(7, 41, 97, torch.float32)
     kw = dict(activation=activation, **extra)
     if activation == "jumprelu":
         kw["threshold"] = safe_threshold(pre64(x, W_enc, b_enc, b_dec), torch.float32)
-    leaves = [t.clone().requires_grad_() for t in (x, W_enc, b_enc, b_dec)]
-    ref_leaves = [t.clone().requires_grad_() for t in (x, W_enc, b_enc, b_dec)]
+    leaves = [t.clone().requires_grad_(x_grad or i > 0) for i, t in enumerate((x, W_enc, b_enc,
+                                                                                b_dec))]
+    ref_leaves = [t.clone().requires_grad_(x_grad or i > 0) for i, t in enumerate((x, W_enc,
+                                                                                    b_enc, b_dec))]
     out = sae_encode(*leaves[:3], b_dec=leaves[3], impl=impl, **kw)
     ref = sae_encode_reference(*ref_leaves[:3], b_dec=ref_leaves[3], **kw)
     out, ref = (out.values, ref.values) if isinstance(ref, EncoderOutput) else (out, ref)
@@ -143,7 +147,9 @@ def test_gradients_match_reference(impl, activation, extra):
     out.backward(grad)
     ref.backward(grad)
     for name, a, b in zip(("x", "W_enc", "b_enc", "b_dec"), leaves, ref_leaves):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1.3e-6, msg=name)
+        assert (a.grad is None) == (b.grad is None) == (name == "x" and not x_grad)
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1.3e-6, msg=name)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

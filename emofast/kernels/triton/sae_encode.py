@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..autograd import sae_encode_grad_inputs, sae_encode_grad_pre
+from ..autograd import sae_encode_backward
 
 TOPK_MODE: Literal["torch", "tile"] = "torch"
 _ACT_CODE = {"none": 0, "relu": 1, "jumprelu": 2}
@@ -185,7 +185,7 @@ class SAEEncodeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, b_dec, threshold, activation, k, sparse):
         res = encode_triton(x, W_enc, b_enc, b_dec, threshold, activation, k, sparse)
-        ctx.activation, ctx.sparse, ctx.d_sae = activation, sparse, W_enc.shape[1]
+        ctx.activation, ctx.sparse = activation, sparse
         if sparse:
             ctx.mark_non_differentiable(res[1])
             ctx.save_for_backward(x, W_enc, b_dec, res[0], res[1])
@@ -196,7 +196,7 @@ class SAEEncodeFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, *_):
         x, W_enc, b_dec, out, indices = ctx.saved_tensors
-        gp = sae_encode_grad_pre(grad_out, out, ctx.activation, indices, ctx.d_sae)
-        grads = sae_encode_grad_inputs(gp, x, W_enc, b_dec, ctx.needs_input_grad[:4])
+        grads = sae_encode_backward(grad_out, out, indices, x, W_enc, b_dec, ctx.activation,
+                                    ctx.needs_input_grad[:4])
         return (*grads, None, None, None, None)
 
