@@ -8,7 +8,9 @@
 Sweeps store their finished chunks here, SAE training its checkpoints. Every file is written to
 a temporary name and renamed (a kill leaves whole files only); a part counts only once the
 manifest lists it, so a part renamed just before a kill is recomputed, never trusted. On open
-every listed part is checked against its sha256 and shapes: a missing part is recomputed (said
+every listed part is checked against its sha256 and shapes (`keep=False`: checked, then left on
+disk until `get` reads it, checked again, for parts too big to hold all at once: an activation
+cache): a missing part is recomputed (said
 once); a truncated, garbage or changed one stops with a StoreError naming it, unless
 `repair=True`, which drops exactly the bad parts so that they are recomputed. Part names are
 chosen by the caller from what the part holds (a sweep: its variant ids and prompts), so a
@@ -41,12 +43,14 @@ class PartStore:
     """The verified parts under `folder` of a store of `kind` with `fingerprint`."""
 
     def __init__(self, folder, kind: str, fingerprint: dict, *, repair: bool = False,
-                 check: Callable[[str, dict], str | None] | None = None, log=None):
+                 check: Callable[[str, dict], str | None] | None = None, log=None,
+                 keep: bool = True):
         """`check(name, tensors)` returns what is wrong with a part whose checksum is right
         (e.g. variant ids out of range), or None. `log` prints one line (default stderr)."""
         self.dir = Path(folder)
         self.parts_dir = self.dir / "parts"
         self.kind, self._log = kind, log or (lambda s: print(s, file=sys.stderr))
+        self.keep = keep
         self._open(fingerprint)
         self.manifest = self._read_manifest(repair)
         self.tensors: dict[str, dict] = {}
@@ -109,7 +113,8 @@ class PartStore:
             if problem is None and check is not None:
                 problem = check(name, tensors)
             if problem is None:
-                self.tensors[name] = tensors
+                if self.keep:
+                    self.tensors[name] = tensors
             else:
                 bad.append((name, problem))
         if missing:
@@ -130,6 +135,18 @@ class PartStore:
                 del self.manifest[name]
             self._write_manifest()
 
+    def get(self, name: str) -> dict[str, torch.Tensor]:
+        """A listed part's tensors (read from disk and checked again when not kept)."""
+        if name in self.tensors:
+            return self.tensors[name]
+        if name not in self.manifest:
+            raise KeyError(f"{self.dir} has no part {name!r}")
+        problem, tensors = _read_part(self.part_path(name), self.manifest[name])
+        if problem is not None:
+            raise StoreError(f"{self.part_path(name)} {problem} (changed while in use): rerun "
+                             "with --repair (repair=True) to recompute it")
+        return tensors
+
     def part_path(self, name: str) -> Path:
         return self.parts_dir / f"{name}.safetensors"
 
@@ -141,7 +158,8 @@ class PartStore:
         data = path.read_bytes()
         self.manifest[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                                "shapes": {k: list(v.shape) for k, v in tensors.items()}}
-        self.tensors[name] = {k: v.detach().cpu() for k, v in tensors.items()}
+        if self.keep:
+            self.tensors[name] = {k: v.detach().cpu() for k, v in tensors.items()}
         self._write_manifest()
 
     def drop(self, name: str) -> None:

@@ -72,6 +72,7 @@ class SAE(nn.Module):
         self.architecture, self.site = architecture, str(parse_site(site))
         self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
         self.normalize_activations = normalize_activations
+        self._last_undo = None   # the last encode's normalisation statistics (for decode)
         kw = dict(dtype=dtype, device=device)
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **kw))
         self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **kw))
@@ -116,6 +117,7 @@ class SAE(nn.Module):
         x, undo = self._norm_in(x.to(self.W_enc.dtype))
         if _undo is not None:
             _undo.append(undo)
+        self._last_undo = undo
         threshold = self.threshold.clamp(min=0) if self.architecture == "jumprelu" else None
         return sae_encode(x, self.W_enc, self.b_enc, activation=_KERNEL_ACTIVATION[
             self.architecture], k=self.k if self.architecture == "topk" else k,
@@ -123,7 +125,15 @@ class SAE(nn.Module):
             sparse=sparse)
 
     def decode(self, acts: Acts, *, _undo: tuple | None = None) -> torch.Tensor:
-        """Activations (EncoderOutput or dense [..., d_sae]) -> x_hat [..., d_in]."""
+        """Activations (EncoderOutput or dense [..., d_sae]) -> x_hat [..., d_in]. A layer_norm
+        or constant_norm_rescale SAE undoes its normalisation with the statistics of the last
+        `encode` (as SAELens does: decode(encode(x)) is the reconstruction of x)."""
+        if _undo is None and self.normalize_activations in ("layer_norm",
+                                                            "constant_norm_rescale"):
+            _undo = self._last_undo
+            if _undo is None:
+                raise ValueError(f"{self}: decode undoes the {self.normalize_activations} of "
+                                 "the last encode; call encode first")
         if isinstance(acts, EncoderOutput):
             out = sae_decode(acts.indices, acts.values, self.W_dec, self.b_dec)
         else:

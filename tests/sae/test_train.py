@@ -8,7 +8,8 @@ import torch
 
 from conftest import make_tiny
 from emofast.sae import load_sae
-from emofast.sae.train import SAETrainConfig, _Trainer, train_saes
+from emofast.sae.methods import SiteTrainer
+from emofast.sae.train import SAETrainConfig, train_saes
 from emofast.validation import Interrupted
 
 DOCS = [("the quick brown fox jumps over the lazy dog " * 3 + str(i)) for i in range(40)]
@@ -47,7 +48,7 @@ def test_step_equals_plain_torch(model):
         sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True)
     plain = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
     cfg = SAETrainConfig(auxk_coeff=0.0, lr=1e-2, warmup_steps=1)
-    tr = _Trainer(sae, cfg, total_steps=10)
+    tr = SiteTrainer(sae, cfg, total_steps=10, scale=1.0)
     x = torch.randn(32, 16)
     tr.step(x)
     # the same step written out: topk of the pre-activations, FVU, projected gradient, Adam
@@ -102,7 +103,7 @@ def test_bad_config():
 
 def test_auxk_equals_hand_formula():
     from emofast.sae import SAE
-    from emofast.sae.train import _auxk
+    from emofast.sae.methods import _auxk
     torch.manual_seed(2)
     sae = SAE(8, 32, architecture="topk", k=3)
     with torch.no_grad():
@@ -128,3 +129,49 @@ def test_default_sites_spread_to_the_last_layer():
     cfg = SAETrainConfig(expansion=2, k=2, batch_tokens=64, buffer_tokens=128, max_length=32)
     res = train_saes(model, DOCS[:10], cfg, progress=False)
     assert tuple(res.saes) == default_sites(model.n_layers)
+
+
+def test_activation_cache_gives_the_same_saes_without_the_model(model, tmp_path, monkeypatch):
+    plain = train_saes(model, DOCS, CFG, activations=None, progress=False)
+    cached = train_saes(model, DOCS, CFG, activations=tmp_path / "acts", progress=False)
+    shards = sorted((tmp_path / "acts" / "parts").glob("fill-*.safetensors"))
+    assert shards                                   # written by the first epoch, read after
+    monkeypatch.setattr(model, "forward", lambda *a, **k: pytest.fail("the model ran"))
+    again = train_saes(model, DOCS, CFG, activations=tmp_path / "acts", progress=False)
+    for site in CFG.sites:
+        for res in (cached, again):
+            for name, p in plain.saes[site].named_parameters():
+                assert torch.equal(p, dict(res.saes[site].named_parameters())[name]), name
+
+
+def test_fills_equal_the_hf_hidden_states(model):
+    """The buffer's activations (read by hooks, the forward stopped after the deepest site, short
+    windows run together) are the HF model's own hidden states at the kept positions."""
+    from emofast.sae.buffer import _forward_fill, token_windows
+    from emofast.sae.evaluate import evaluated_positions
+    windows = token_windows(model, DOCS[:6] + ["a b", "short one here"], 32, seed=1)
+    acts, end = _forward_fill(model, windows, 0, ["L0.resid_post", "L1.resid_post"], 2, 10 ** 6)
+    assert end == len(windows)
+    want = {0: [], 1: []}
+    for w in sorted(windows, key=len):
+        ids, mask = torch.tensor([w]), torch.ones(1, len(w), dtype=torch.long)
+        with torch.no_grad():
+            hs = model.hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        keep = evaluated_positions(model, ids, mask)
+        for layer in want:
+            want[layer].append(hs.hidden_states[layer + 1][keep])
+    for layer in want:
+        torch.testing.assert_close(acts[f"L{layer}.resid_post"], torch.cat(want[layer]),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_every_method_trains_end_to_end(model, tmp_path):
+    for method in ("batchtopk", "standard", "jumprelu"):
+        cfg = SAETrainConfig(sites=("L1.resid_post",), method=method, expansion=2, k=4,
+                             epochs=1, batch_tokens=64, buffer_tokens=256, max_length=32)
+        res = train_saes(model, DOCS, cfg, out=tmp_path / method, progress=False)
+        back = load_sae(tmp_path / method / "L1.resid_post", model)
+        assert back.architecture == {"batchtopk": "jumprelu"}.get(method, method)
+        x = torch.randn(5, back.d_in)
+        with torch.no_grad():
+            torch.testing.assert_close(back(x), res.saes["L1.resid_post"](x))
