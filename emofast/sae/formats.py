@@ -7,7 +7,10 @@
 
 SAELens: cfg.json + sae_weights.safetensors (W_enc [d_in, d_sae], W_dec, b_enc, b_dec,
 threshold). 6.x configs carry "architecture" (standard, topk with "k", jumprelu) and
-meta.hook_name; 5.x configs are flat (activation_fn_str "topk" with activation_fn_kwargs.k,
+metadata.hook_name (and metadata.sae_lens_version, by which SAELens tells a 6.x config from an
+older one); TopK folders with rescale_acts_by_decoder_norm (SAELens's training default) have the
+decoder norms folded into the weights on load, as SAELens's own _fold_norm_topk does, so encode
+and decode give SAELens's values; 5.x configs are flat (activation_fn_str "topk" with activation_fn_kwargs.k,
 hook_name or hook_point, hook_layer). Hook names are TransformerLens's:
 blocks.L.hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out,
 blocks.L.mlp.hook_post (mlp_act) and blocks.L.attn.hook_z (attn_z, flattened heads).
@@ -29,6 +32,12 @@ from ..data import read_text
 from ..models.embedded import cache_dir
 from ..report.files import load_tensors, save_tensors, write_json
 from ..sites import parse_site
+
+# written into metadata.sae_lens_version: the SAELens release whose loader the format was checked
+# against (bench/sae_peer_check.py); SAELens reads a config without it as pre-6.0 and drops the
+# hook name
+SAELENS_VERSION = "6.54.12"
+SPARSITY = "sparsity.safetensors"
 from .model import SAE, site_width
 
 FORMATS = ("saelens", "sparsify")
@@ -98,8 +107,10 @@ def _cached(name: str) -> Path:
 
 
 def save_sae(sae: SAE, folder: str | Path, *, format: str = "saelens",
-             model_name: str | None = None) -> Path:
-    """Write `sae` to `folder` in `format` (SAELens 6.x by default, loadable by SAELens)."""
+             model_name: str | None = None, log_sparsity: torch.Tensor | None = None) -> Path:
+    """Write `sae` to `folder` in `format` (SAELens 6.x by default, loadable by SAELens);
+    `log_sparsity` [d_sae] (log10 of each latent's firing frequency, when known) goes to
+    sparsity.safetensors as SAELens writes it."""
     if format not in FORMATS:
         raise ValueError(f"unknown SAE format {format!r}: one of {', '.join(FORMATS)}")
     folder = Path(folder)
@@ -111,11 +122,16 @@ def save_sae(sae: SAE, folder: str | Path, *, format: str = "saelens",
                "apply_b_dec_to_input": sae.apply_b_dec_to_input,
                "normalize_activations": sae.normalize_activations,
                "reshape_activations": "hook_z" if parse_site(sae.site).kind == "attn_z" else "none",
-               "meta": {"model_name": model_name, "hook_name": hook_of_site(sae.site),
-                        "emofast_site": sae.site}}
+               "metadata": {"sae_lens_version": SAELENS_VERSION, "model_name": model_name,
+                            "hook_name": hook_of_site(sae.site), "emofast_site": sae.site}}
         if sae.architecture == "topk":
-            cfg["k"] = sae.k
+            cfg.update(k=sae.k, rescale_acts_by_decoder_norm=False)
         write_json(folder / SAELENS_CFG, cfg)
+        if log_sparsity is not None:
+            if tuple(log_sparsity.shape) != (sae.d_sae,):
+                raise ValueError(f"log_sparsity must be [d_sae] = [{sae.d_sae}], got "
+                                 f"{list(log_sparsity.shape)}")
+            save_tensors(folder / SPARSITY, {"sparsity": log_sparsity.detach().float().cpu()})
         return folder
     s = parse_site(sae.site)
     if sae.architecture != "topk" or s.kind not in ("resid_post", "mlp_out") \
@@ -159,9 +175,12 @@ def _load_saelens(path: Path) -> SAE:
     if cfg.get("activation_fn_str") == "topk" or arch == "topk":  # 5.x: standard + topk kwargs
         arch = "topk"
         k = k if k is not None else (cfg.get("activation_fn_kwargs") or {}).get("k")
-    hook = (cfg.get("meta") or {}).get("hook_name") or cfg.get("hook_name") or \
-        cfg.get("hook_point")
-    site = (cfg.get("meta") or {}).get("emofast_site") or site_of_hook(hook, str(cfg_path))
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    if hook is None:
+        raise ValueError(f"{cfg_path}: no hook name (metadata.hook_name in SAELens 6.x, "
+                         "hook_name or hook_point in 5.x)")
+    site = meta.get("emofast_site") or site_of_hook(hook, str(cfg_path))
     try:
         d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
         sae = SAE(d_in, d_sae, architecture=arch, k=k, site=site,
@@ -173,7 +192,22 @@ def _load_saelens(path: Path) -> SAE:
     need = ("W_enc", "W_dec", "b_enc", "b_dec") + (("threshold",) if arch == "jumprelu" else ())
     t = _tensors(path / SAELENS_WEIGHTS, need)
     _fill(sae, {n: t[n] for n in need}, path / SAELENS_WEIGHTS)
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        if arch != "topk":
+            raise ValueError(f"{cfg_path}: rescale_acts_by_decoder_norm is a TopK option; this "
+                             f"SAE is {arch}")
+        _fold_decoder_norms(sae)
     return sae
+
+
+def _fold_decoder_norms(sae: SAE) -> None:
+    """SAELens's rescale_acts_by_decoder_norm (encode: pre * |W_dec_j|; decode: acts / |W_dec_j|)
+    folded into the weights: W_enc columns and b_enc times the norms, W_dec rows divided."""
+    with torch.no_grad():
+        norms = sae.W_dec.norm(dim=-1)
+        sae.W_enc *= norms
+        sae.b_enc *= norms
+        sae.W_dec /= norms[:, None]
 
 
 def _load_sparsify(path: Path) -> SAE:
@@ -181,6 +215,12 @@ def _load_sparsify(path: Path) -> SAE:
     t = _tensors(path / SPARSIFY_WEIGHTS, ("encoder.weight", "encoder.bias", "W_dec", "b_dec"))
     if "W_skip" in t or cfg.get("skip_connection"):
         raise ValueError(f"{path}: a sparsify SAE with a skip connection is not supported")
+    if cfg.get("transcode"):
+        raise ValueError(f"{path}: a sparsify transcoder (transcode: true) maps one site to "
+                         "another; only SAEs of one site are supported")
+    if cfg.get("activation", "topk") != "topk":
+        raise ValueError(f"{path}: sparsify activation {cfg.get('activation')!r} is not "
+                         "supported: only topk")
     site = cfg.get("emofast_site") or _sparsify_site(path.name, path)
     d_sae, d_in = t["encoder.weight"].shape
     try:

@@ -18,7 +18,7 @@ def test_saelens_round_trip(tmp_path, arch, site):
     sae = random_sae(12, 40, arch, "layer_norm", k=5 if arch == "topk" else None, site=site)
     save_sae(sae, tmp_path / "s", model_name="tiny")
     cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
-    assert cfg["architecture"] == arch and cfg["meta"]["hook_name"] == hook_of_site(site)
+    assert cfg["architecture"] == arch and cfg["metadata"]["hook_name"] == hook_of_site(site)
     assert set(load_tensors(tmp_path / "s" / "sae_weights.safetensors")) == \
         {"W_enc", "W_dec", "b_enc", "b_dec"} | ({"threshold"} if arch == "jumprelu" else set())
     back = load_sae(tmp_path / "s")
@@ -88,7 +88,7 @@ def test_malformed_folders(tmp_path):
     with pytest.raises(ValueError, match="unknown SAE architecture 'gated'"):
         load_sae(_saved(tmp_path / "a", architecture="gated"))
     with pytest.raises(ValueError, match="hook 'blocks.1.hook_q' is not supported"):
-        load_sae(_saved(tmp_path / "b", meta={"hook_name": "blocks.1.hook_q"}))
+        load_sae(_saved(tmp_path / "b", metadata={"hook_name": "blocks.1.hook_q"}))
     with pytest.raises(ValueError, match="cfg.json: .*d_in"):
         folder = _saved(tmp_path / "c")
         cfg = json.loads((folder / "cfg.json").read_text())
@@ -139,3 +139,59 @@ def test_cached_names(tmp_path, monkeypatch):
     assert load_sae("tiny/L1.resid_post").site == "L1.resid_post"
     with pytest.raises(FileNotFoundError, match="no SAE folder at nowhere"):
         load_sae("nowhere")
+
+
+def test_saelens_6x_metadata_and_sparsity(tmp_path):
+    """What SAELens 6.x reads: the hook under "metadata" with a sae_lens_version (without it
+    SAELens parses the config as pre-6.0 and drops the hook); the log10 densities beside."""
+    sae = random_sae(12, 40, "topk", k=5, site="L1.resid_post")
+    folder = save_sae(sae, tmp_path / "s", log_sparsity=torch.linspace(-5, 0, 40))
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    assert int(cfg["metadata"]["sae_lens_version"].split(".")[0]) >= 6
+    assert cfg["rescale_acts_by_decoder_norm"] is False and "meta" not in cfg
+    torch.testing.assert_close(load_tensors(folder / "sparsity.safetensors")["sparsity"],
+                               torch.linspace(-5, 0, 40))
+    with pytest.raises(ValueError, match=r"log_sparsity must be \[d_sae\] = \[40\]"):
+        save_sae(sae, tmp_path / "t", log_sparsity=torch.zeros(3))
+    del cfg["metadata"]
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="no hook name"):
+        load_sae(folder)
+
+
+def test_rescale_acts_by_decoder_norm_equals_saelens_math(tmp_path):
+    """SAELens TopK with rescale_acts_by_decoder_norm: encode = topk(pre * |W_dec_j|), decode =
+    (acts / |W_dec_j|) @ W_dec + b_dec (written out here, SAELens's published math)."""
+    sae = random_sae(12, 40, "topk", k=5, site="L1.resid_post")
+    folder = save_sae(sae, tmp_path / "s")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "rescale_acts_by_decoder_norm": True}))
+    back = load_sae(folder)
+    x = torch.randn(9, 12)
+    norms = sae.W_dec.norm(dim=-1)
+    with torch.no_grad():
+        pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc) * norms
+        top = pre.topk(5, dim=-1)
+        acts = torch.zeros(9, 40).scatter(1, top.indices, top.values.relu())
+        x_hat = (acts / norms) @ sae.W_dec + sae.b_dec
+        enc = back.encode(x)
+        torch.testing.assert_close(torch.zeros(9, 40).scatter(1, enc.indices, enc.values), acts,
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(back(x), x_hat, atol=1e-5, rtol=1e-5)
+    del cfg["k"]
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "architecture": "standard",
+                                                 "rescale_acts_by_decoder_norm": True}))
+    with pytest.raises(ValueError, match="rescale_acts_by_decoder_norm is a TopK option"):
+        load_sae(folder)
+
+
+@pytest.mark.parametrize("change, match", [({"transcode": True}, "transcoder"),
+                                           ({"activation": "groupmax"}, "'groupmax'")])
+def test_sparsify_variants_that_are_not_topk_saes(tmp_path, change, match):
+    sae = random_sae(12, 40, "topk", k=5, site="L2.resid_post")
+    folder = save_sae(sae, tmp_path / "layers.2", format="sparsify")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ValueError, match=match):
+        load_sae(folder)

@@ -147,3 +147,14 @@ def test_width_must_match_the_models_site(model):
     with pytest.raises(ValueError, match="reads 33 features but L1.resid_post of this model has 32"):
         with sae.hook(model):
             pass
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "constant_norm_rescale"])
+def test_decode_undoes_the_last_encodes_normalisation(norm):
+    """SAELens's decode(encode(x)) is the reconstruction: decode uses the last encode's stats."""
+    sae = random_sae(12, 40, "standard", norm=norm)
+    x = torch.randn(6, 12) * 3 + 1
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="call encode first"):
+            sae.decode(torch.zeros(6, 40))
+        torch.testing.assert_close(sae.decode(sae.encode(x)), sae(x))
