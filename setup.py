@@ -47,7 +47,9 @@ setup(
         "bitsandbytes>=0.50.2,<1", "numpy>=2.4,<3", "safetensors>=0.8,<1", "tqdm>=4.70,<5",
         "matplotlib>=3.11,<4", "gguf>=0.19,<1",
     ],
-    extras_require={"dev": ["pytest>=9.2,<10", "pytest-benchmark>=5.3,<6", "scipy>=1.17,<2"]},
+    extras_require={"dev": ["pytest>=9.2,<10", "pytest-benchmark>=5.3,<6", "scipy>=1.17,<2",
+                            "datasets>=5.2,<6"],
+                    "corpora": ["datasets>=5.2,<6"]},   # load_corpus("hf:...")
     entry_points={"console_scripts": ["emofast=emofast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -1,15 +1,21 @@
-"""`emofast sae train`: TopK SAEs for several sites of a model, from one pass per batch
-(emofast.sae.train), into a resumable folder; `emofast sae eval`: an SAE folder on held-out text.
+"""`emofast sae train`: SAEs for several sites of a model, from one pass per batch
+(emofast.sae.train), into a resumable folder, each evaluated on held-out text; `emofast sae
+eval`: an SAE folder on held-out text.
 
     emofast sae train --sites L6.resid_post,L24.resid_post --out runs/saes
     emofast sae eval --sae runs/saes/L6.resid_post --texts held_out.txt
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..data import neutral_sentences
+from ..report.files import write_json
 from ..sae import evaluate_sae, load_sae
 from ..sae.formats import cached_sae_folder
 from ..sae.corpus import load_corpus
 from ..sae.train import SAETrainConfig, train_saes
+from ..validation import arg, positive_int
 from . import common
 from .common import add_config_flags, add_model_flags, config_from_args
 
@@ -21,45 +27,68 @@ def add_parser(sub) -> None:
     add_model_flags(t)
     t.add_argument("--corpus", default="default", help="'default' (offline: pydoc_data.topics "
                    "prose + emofast's emotion datasets, 121k SmolLM2 tokens), a .txt (documents "
-                   "split at blank lines) or .jsonl ({\"text\"}) file, or a folder of them")
+                   "split at blank lines) or .jsonl ({\"text\"}) file, a folder of them, or "
+                   "hf:NAME[:CONFIG], a `datasets` dataset (hf:json with --corpus-files: local)")
+    t.add_argument("--corpus-split", default="train", help="hf: corpora: the split")
+    t.add_argument("--corpus-column", default="text", help="hf: corpora: the text column")
+    t.add_argument("--corpus-files", nargs="+", default=None, help="hf: corpora: data_files")
+    t.add_argument("--max-docs", type=arg(positive_int), default=None,
+                   help="the corpus's first N documents only")
     t.add_argument("--out", default=None, help="folder: one SAELens folder per site, "
                    "train.json, checkpoints (a rerun resumes); default $EMOFAST_CACHE/saes/"
                    "<model>, where load_sae('<model>/<site>') finds them")
     t.add_argument("--repair", action="store_true", help="recompute a damaged checkpoint")
+    t.add_argument("--no-eval", action="store_true", help="skip evaluating each SAE on the "
+                   "held-out neutral sentences (written to <out>/<site>/evaluation.json)")
     add_config_flags(t, SAETrainConfig)
     t.set_defaults(fn=run_train)
     e = sub2.add_parser("eval", help="FVU, L0, dead latents and CE-loss score on held-out text")
     add_model_flags(e)
     e.add_argument("--sae", required=True, help="an SAE folder (SAELens or sparsify), or "
                    "<model>/<site> trained into $EMOFAST_CACHE")
-    e.add_argument("--texts", default="default", help="held-out text, as --corpus takes it")
+    e.add_argument("--texts", default="neutral", help="held-out text: 'neutral' (basic4's "
+                   "neutral sentences, left out of the default corpus) or as --corpus takes it")
     e.add_argument("--out", default=None, help="write the evaluation as JSON here")
     e.set_defaults(fn=run_eval)
 
 
 def run_train(args) -> int:
     cfg = config_from_args(args, SAETrainConfig)
-    docs = load_corpus(args.corpus)
+    docs = load_corpus(args.corpus, split=args.corpus_split, column=args.corpus_column,
+                       data_files=args.corpus_files, max_docs=args.max_docs)
     model = common.load(args)
-    out = args.out or cached_sae_folder(args.model, "L0.resid_post").parent
+    out = Path(args.out or cached_sae_folder(args.model, "L0.resid_post").parent)
     res = train_saes(model, docs, cfg, out=out, progress=not args.quiet, repair=args.repair)
-    for site in res.saes:
-        last = res.history[-1][site]
-        print(f"{site}: fvu {last['fvu']:.3f} (training batches), l0 {last['l0']:.1f}, dead "
-              f"{last['dead']:.1%}")
     print(f"{res.tokens} tokens" + (f" ({res.resumed_from} resumed)" if res.resumed_from else "")
           + f"; wrote {out}")
+    for site, sae in res.saes.items():
+        last = res.history[-1][site]
+        line = (f"{site}: training fvu {last['fvu']:.3f}, l0 {last['l0']:.1f}, dead "
+                f"{last['dead']:.1%}")
+        if not args.no_eval:   # held out: the default corpus leaves the neutral sentences out
+            ev = evaluate_sae(model, sae, neutral_sentences(), progress=False)
+            write_json(out / site / "evaluation.json", {"texts": "neutral_sentences",
+                                                        **_summary(ev)})
+            line += f"; held-out {_line(ev)}"
+        print(line)
     return 0
 
 
+def _summary(ev) -> dict:
+    return {k: v for k, v in ev.to_json().items() if k != "density"}
+
+
+def _line(ev) -> str:
+    return (f"fvu {ev.fvu:.3f}, l0 {ev.l0:.1f}, dead {ev.dead_fraction:.1%} over {ev.n_tokens} "
+            f"tokens; CE clean {ev.ce_clean:.3f}, SAE {ev.ce_sae:.3f}, zero {ev.ce_zero:.3f}: "
+            f"CE-loss score {ev.ce_loss_score:.3f}, KL {ev.kl_sae:.4f}")
+
+
 def run_eval(args) -> int:
-    texts = load_corpus(args.texts)
+    texts = neutral_sentences() if args.texts == "neutral" else load_corpus(args.texts)
     model = common.load(args)
     ev = evaluate_sae(model, load_sae(args.sae, model), texts, progress=not args.quiet)
-    print(f"{ev.site}: fvu {ev.fvu:.3f}, l0 {ev.l0:.1f}, dead {ev.dead_fraction:.1%} over "
-          f"{ev.n_tokens} tokens; CE clean {ev.ce_clean:.3f}, SAE {ev.ce_sae:.3f}, zero "
-          f"{ev.ce_zero:.3f}: CE-loss score {ev.ce_loss_score:.3f}, KL {ev.kl_sae:.4f}")
+    print(f"{ev.site}: {_line(ev)}")
     if args.out:
-        from ..report.files import write_json
-        write_json(args.out, {k: v for k, v in ev.to_json().items() if k != "density"})
+        write_json(args.out, _summary(ev))
     return 0

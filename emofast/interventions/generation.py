@@ -58,8 +58,8 @@ def generate(model: Model, prompts: Sequence[Prompt | str], *,
         batch = texts[start:start + batch_size]
         enc = model.encode(batch, templated=chat, padding_side="left")
         rows = None if iv is None else iv.take(slice(start, start + len(batch)), len(batch))
-        kwargs = dict(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                      **generate_kwargs)
+        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens,
+                  "pad_token_id": tok.pad_token_id, **generate_kwargs}
         if not kwargs["do_sample"]:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         with nullcontext() if rows is None else rows.hooks(model), model.overflow_watch() as bad:
