@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     t = sub2.add_parser("train", help="train TopK SAEs for several sites at once")
     add_model_flags(t)
     t.add_argument("--corpus", default="default", help="'default' (offline: pydoc_data.topics "
-                   "prose + emofast's emotion datasets, 121k SmolLM2 tokens), a .txt (documents "
+                   "prose + emofast's emotion datasets, 120k SmolLM2 tokens), a .txt (documents "
                    "split at blank lines) or .jsonl ({\"text\"}) file, a folder of them, or "
                    "hf:NAME[:CONFIG], a `datasets` dataset (hf:json with --corpus-files: local)")
     t.add_argument("--corpus-split", default="train", help="hf: corpora: the split")
@@ -75,6 +75,7 @@ def run_train(args) -> int:
 
 
 def _summary(ev) -> dict:
+    """The evaluation without the per-latent densities (their histogram stays)."""
     return {k: v for k, v in ev.to_json().items() if k != "density"}
 
 

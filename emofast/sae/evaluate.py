@@ -11,7 +11,7 @@ Tokens evaluated: every real token except each text's first and the tokenizer's 
   it).
 - L0: mean number of active latents per token; dead_fraction: latents that never fire on the
   evaluated tokens (the window is these texts: `n_tokens` says how many); density: each latent's
-  firing frequency.
+  firing frequency, and `density_histogram()` its histogram over log10 bins.
 - Next-token cross-entropy over every predicted real position: clean, with the bare
   reconstruction spliced at the evaluated tokens (other tokens keep their activation), with the
   site zeroed at those tokens; ce_loss_score = (CE_zero - CE_sae) / (CE_zero - CE_clean); kl_sae
@@ -44,9 +44,19 @@ class SAEEvaluation:
     ce_loss_score: float
     kl_sae: float
 
+    def density_histogram(self, lo: float = -6.0, hi: float = 0.0, bins: int = 24) -> dict:
+        """{"log10_edges" [bins + 1], "counts" [bins], "never_fired"}: the latents' firing
+        frequencies over log10 bins from lo to hi (SAELens's feature density plot); latents
+        that never fired are counted apart (log10 0 is -inf)."""
+        fired = self.density[self.density > 0].double().log10().clamp(lo, hi)
+        counts = torch.histc(fired, bins=bins, min=lo, max=hi)
+        return {"log10_edges": torch.linspace(lo, hi, bins + 1).tolist(),
+                "counts": [int(c) for c in counts], "never_fired": int((self.density == 0).sum())}
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["density"] = self.density.tolist()
+        d["density_histogram"] = self.density_histogram()
         return d
 
 

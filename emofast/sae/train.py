@@ -7,10 +7,13 @@
 Methods: topk (default), batchtopk, standard (ReLU + decoder-norm-weighted L1) and jumprelu; see
 emofast.sae.methods for each one's loss and parametrisation.
 
-With `out`, a checkpoint (every SAE's parameters, Adam's state, the dead-latent counters, where
-the data stream is) is stored after every `checkpoint_every` fills in a verified store
-(emofast.report.parts): a run started again with the same arguments resumes from it and ends
-with the same SAEs as an uninterrupted run.
+With `out`, a checkpoint (every SAE's parameters, Adam's state, the dead-latent and firing
+counters, where the data stream is) is stored after every `checkpoint_every` fills in a
+verified store (emofast.report.parts): a run started again with the same arguments resumes
+from it and ends with the same SAEs as an uninterrupted run. Each site's SAE is written to
+out/<site>/ (SAELens format, sparsity.safetensors with the last epoch's log10 firing
+frequencies) and out/train.json holds the config and the per-fill history. With several epochs
+the activations are cached as shards (`activations`, emofast.sae.buffer): the model runs once.
 """
 from __future__ import annotations
 
@@ -45,26 +48,30 @@ class SAETrainConfig:
     method: Literal["topk", "batchtopk", "standard", "jumprelu"] = field(default="topk", metadata={
         "help": "topk | batchtopk (saved as jumprelu) | standard (ReLU + L1) | jumprelu"})
     k: int = field(default=32, metadata={"help": "active latents per token (topk, batchtopk)"})
-    epochs: int = field(default=1, metadata={"help": "passes over the corpus"})
+    epochs: int = field(default=10, metadata={"help": "passes over the corpus (the model runs "
+                                               "once: later epochs read cached activations)"})
     batch_tokens: int = field(default=1024, metadata={"help": "tokens per optimiser step"})
     buffer_tokens: int = field(default=16384, metadata={"help": "tokens shuffled together"})
     batch_docs: int = field(default=16, metadata={"help": "token windows per forward"})
     max_length: int = field(default=256, metadata={"help": "tokens per window"})
-    lr: float | None = field(default=None, metadata={"help": "default 2e-4 / sqrt(d_sae / 2^14)"})
+    lr: float | None = field(default=None, metadata={"help": "default 1.6e-3 / sqrt(d_sae / 2^14)"})
     warmup_steps: int = field(default=20, metadata={"help": "linear warmup of the lr"})
     auxk_coeff: float = field(default=1 / 32, metadata={"help": "weight of the AuxK loss"})
-    l1_coeff: float = field(default=0.02, metadata={
-        "help": "standard: weight of the decoder-norm-weighted L1 penalty"})
-    l0_coeff: float = field(default=2e-3, metadata={"help": "jumprelu: weight of the L0 penalty"})
+    l1_coeff: float = field(default=0.1, metadata={
+        "help": "standard: weight of the decoder-norm-weighted L1 penalty (tuned on planted "
+                "features only)"})
+    l0_coeff: float = field(default=0.01, metadata={
+        "help": "jumprelu: weight of the L0 penalty (tuned on planted features only)"})
     bandwidth: float = field(default=1e-3, metadata={
         "help": "jumprelu: width of the straight-through kernel (scaled units)"})
     init_threshold: float = field(default=1e-3, metadata={
         "help": "jumprelu: initial thresholds (scaled units)"})
-    dtype: Literal["auto", "float32", "bfloat16"] = field(default="auto", metadata={
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = field(default="auto", metadata={
         "help": "encoder/decoder compute dtype: auto = bf16 on CUDA, fp32 on CPU"})
     dead_tokens: int = field(default=50_000, metadata={"help": "tokens without firing = dead"})
     checkpoint_every: int = field(default=8, metadata={"help": "fills between checkpoints"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seeds the window order, the shuffles and "
+                                                   "the initialisation"})
 
     def __post_init__(self):
         for name in ("expansion", "k", "epochs", "batch_tokens", "buffer_tokens", "batch_docs",

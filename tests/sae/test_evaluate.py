@@ -70,3 +70,14 @@ def test_no_tokens_to_evaluate():
     sae = random_sae(model.d_model, 16, "standard", site="L0.resid_post")
     with pytest.raises(ValueError, match="no evaluated tokens"):
         evaluate_sae(model, sae, ["a"], progress=False)
+
+
+def test_density_histogram_counts_every_latent():
+    from emofast.sae.evaluate import SAEEvaluation
+    density = torch.tensor([0.0, 0.0, 1e-7, 1e-3, 1e-3, 0.5, 1.0])
+    ev = SAEEvaluation("L0.resid_post", 10, 0.1, 2.0, 2 / 7, density, 1.0, 1.1, 2.0, 0.9, 0.01)
+    h = ev.density_histogram(lo=-6, hi=0, bins=6)
+    assert h["never_fired"] == 2 and sum(h["counts"]) == 5
+    assert h["counts"] == [1, 0, 0, 2, 0, 2]   # 1e-7 clamps into the first bin; 1.0 the last
+    assert len(h["log10_edges"]) == 7
+    assert ev.to_json()["density_histogram"] == ev.density_histogram()

@@ -44,7 +44,7 @@ def matched(atoms, sae):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_planted_features_are_recovered(method):
-    atoms, sample, tr = trained(method, l1_coeff=0.1, l0_coeff=0.01)
+    atoms, sample, tr = trained(method)            # the default penalties
     sae = tr.result()
     assert matched(atoms, sae) >= 0.9
     x = sample(1000)
@@ -123,8 +123,8 @@ def test_bad_method_settings():
 
 
 def test_bf16_compute_trains_like_fp32():
-    """dtype="bfloat16" (what "auto" picks on CUDA) on the CPU kernels: fp32 weights, bf16
+    """compute_dtype="bfloat16" (what "auto" picks on CUDA) on the CPU kernels: fp32 weights, bf16
     encoder/decoder, the same features found."""
-    atoms, _, tr = trained("topk", steps=200, dtype="bfloat16")
+    atoms, _, tr = trained("topk", steps=200, compute_dtype="bfloat16")
     assert tr.sae.W_enc.dtype == torch.float32
     assert matched(atoms, tr.result()) >= 0.9

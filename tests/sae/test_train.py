@@ -101,7 +101,9 @@ def test_bad_config():
                    progress=False)
 
 
-def test_auxk_equals_hand_formula():
+@pytest.mark.parametrize("dead_ids", [[1, 5, 9], list(range(2, 30))],
+                         ids=["few-dense", "many-sparse-kernels"])
+def test_auxk_equals_hand_formula(dead_ids):
     from emofast.sae import SAE
     from emofast.sae.methods import _auxk
     torch.manual_seed(2)
@@ -111,13 +113,18 @@ def test_auxk_equals_hand_formula():
             p.copy_(torch.randn(p.shape))
     x, e = torch.randn(10, 8), torch.randn(10, 8)
     dead = torch.zeros(32, dtype=torch.bool)
-    dead[[1, 5, 9]] = True                       # 3 dead < d_in / 2 = 4: scale 3/4, k_aux 3
+    dead[dead_ids] = True
+    k_aux = min(4, len(dead_ids))                # d_in / 2 = 4; scale = k_aux / 4
     total_var = torch.tensor(7.0)
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
-    e_hat = pre[:, [1, 5, 9]].relu() @ sae.W_dec[[1, 5, 9]]
-    want = 0.75 * (e_hat - e).pow(2).sum() / total_var
-    with torch.no_grad():
-        torch.testing.assert_close(_auxk(sae, x, e, dead, total_var), want)
+    pre = pre.masked_fill(~dead, float("-inf"))
+    top = pre.topk(k_aux, dim=-1)
+    codes = torch.zeros(10, 32).scatter(1, top.indices, top.values.relu())
+    want = k_aux / 4 * (codes @ sae.W_dec - e).pow(2).sum() / total_var
+    got = _auxk(sae, x, e, dead, total_var)
+    torch.testing.assert_close(got, want)
+    got.backward()                                # and it differentiates (both paths)
+    assert sae.W_enc.grad[:, dead_ids].abs().sum() > 0 and sae.W_dec.grad[dead_ids].abs().sum() > 0
 
 
 def test_default_sites_spread_to_the_last_layer():
