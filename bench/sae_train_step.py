@@ -63,7 +63,8 @@ def _plain_step(decode: str, dtype):
 
 
 def run(device: str = "cpu", small: bool = False) -> dict:
-    from emofast.sae.methods import SiteTrainer, compute_dtype, new_sae
+    from emofast.sae import SAE
+    from emofast.sae.methods import SiteTrainer, compute_dtype
     from emofast.sae.train import SAETrainConfig
 
     dev = torch.device(device)
@@ -71,9 +72,13 @@ def run(device: str = "cpu", small: bool = False) -> dict:
     dtype = compute_dtype("auto", dev)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N, d_in, generator=g).to(dev)
-    cfg = SAETrainConfig(method="topk", expansion=d_sae // d_in, k=k, auxk_coeff=0.0,
-                         dead_tokens=10 ** 12, warmup_steps=1)
-    sae, _ = new_sae("L0.resid_post", d_in, cfg, x.cpu(), 0)
+    cfg = SAETrainConfig(method="topk", k=k, auxk_coeff=0.0, dead_tokens=10 ** 12,
+                         warmup_steps=1)
+    sae = SAE(d_in, d_sae, architecture="topk", k=k)     # d_sae need not be a multiple of d_in
+    with torch.no_grad():
+        w = torch.randn(d_sae, d_in, generator=g)
+        sae.W_dec.copy_(w / w.norm(dim=-1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
     trainer = SiteTrainer(sae.to(dev), cfg, total_steps=10 ** 6, scale=1.0)
     steps = {"emofast": lambda: trainer.step(x)}
     for decode in ("dense", "bag"):
@@ -102,7 +107,7 @@ def run(device: str = "cpu", small: bool = False) -> dict:
     return {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "date": date.today().isoformat(), "dtype": str(dtype).replace("torch.", ""),
-            "shape": dict(zip(("tokens_per_step", "d_in", "d_sae", "k"), (N, d_in, d_sae, k))),
+            "shape": dict(zip(("tokens_per_step", "d_in", "d_sae", "k"), (N, d_in, sae.d_sae, k))),
             "rows": rows}
 
 

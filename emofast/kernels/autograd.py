@@ -31,15 +31,15 @@ def sae_encode_backward(grad_out: torch.Tensor, out: torch.Tensor, indices: torc
     keep = out > 0 if activation in ("relu", "topk") else out != 0
     g = grad_out * keep
     d_sae = W_enc.shape[1]
-    if indices is not None:
-        gbe_full = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(
-            0, indices.reshape(-1), g.reshape(-1))
+    if indices is not None:   # summed in fp32: N x k bf16 adds into one slot would stall
+        gbe_full = torch.zeros(d_sae, dtype=torch.float32, device=g.device).index_add_(
+            0, indices.reshape(-1), g.reshape(-1).float())
         dense = None
         if need_x or (need_w and row_grads is None):
             dense = torch.zeros(g.shape[0], d_sae, dtype=g.dtype, device=g.device).scatter_(
                 1, indices, g)
     else:
-        gbe_full, dense = g.sum(0), g
+        gbe_full, dense = g.sum(0, dtype=torch.float32), g
     gx = dense @ W_enc.t() if need_x else None  # [N, d_model]
     gw = None
     if need_w:
@@ -48,6 +48,6 @@ def sae_encode_backward(grad_out: torch.Tensor, out: torch.Tensor, indices: torc
             gw = row_grads(xc.contiguous(), indices, g.contiguous()).t()
         else:
             gw = xc.t() @ dense  # [d_model, d_sae]
-    gbe = gbe_full if need_be else None
-    gbd = -(W_enc @ gbe_full) if need_bd and b_dec is not None else None
+    gbe = gbe_full.to(g.dtype) if need_be else None
+    gbd = -(W_enc.float() @ gbe_full).to(g.dtype) if need_bd and b_dec is not None else None
     return gx, gw, gbe, gbd

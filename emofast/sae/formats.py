@@ -175,7 +175,8 @@ def _load_saelens(path: Path) -> SAE:
     if cfg.get("activation_fn_str") == "topk" or arch == "topk":  # 5.x: standard + topk kwargs
         arch = "topk"
         k = k if k is not None else (cfg.get("activation_fn_kwargs") or {}).get("k")
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    # "meta": what emofast wrote before it was checked against SAELens (its folders still load)
+    meta = next((m for m in (cfg.get("metadata"), cfg.get("meta")) if isinstance(m, dict)), {})
     hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
     if hook is None:
         raise ValueError(f"{cfg_path}: no hook name (metadata.hook_name in SAELens 6.x, "

@@ -8,8 +8,9 @@ Methods (`SAETrainConfig.method`):
 - batchtopk (Bussmann et al. 2024): the k x batch largest ReLU'd pre-activations of the whole
   batch, and AuxK; a running average of the smallest kept activation becomes every latent's
   threshold, so it is saved as a jumprelu SAE (as SAELens does).
-- standard: ReLU, with l1_coeff times the decoder-norm-weighted L1 sum_j a_j |W_dec_j|
-  (Anthropic, April 2024); decoder rows are free (the weighting is what stops them growing).
+- standard: ReLU, with l1_coeff times the decoder-norm-weighted L1 sum_j a_j |W_dec_j| / sqrt(d_in)
+  (Anthropic, April 2024; / sqrt(d_in): relative to the scaled activations' norm); decoder
+  rows are free (the weighting is what stops them growing).
 - jumprelu (Rajamanoharan et al. 2024): a_j = z_j * H(z_j - theta_j), with l0_coeff times the
   L0; theta learns through straight-through pseudo-derivatives with a rectangle kernel of width
   `bandwidth` (theta's gradient -theta / bandwidth inside the window for the activation, -1 /
@@ -17,7 +18,8 @@ Methods (`SAETrainConfig.method`):
 
 The loss is the batch's FVU (squared error over the variance around the batch mean) plus the
 method's penalty, in fp32; the encoder and decoder run in `compute_dtype` ("auto": bf16 on CUDA, as
-under autocast, fp32 on CPU) on bf16 copies of the fp32 weights, which Adam updates. Training runs on activations scaled by one constant per site, sqrt(d_in) /
+under autocast, fp32 on CPU) on bf16 copies of the fp32 weights, which Adam updates; jumprelu
+always runs in fp32 (its straight-through window is finer than bf16's grid). Training runs on activations scaled by one constant per site, sqrt(d_in) /
 E|x| from the first fill (SAELens's expected_average_only_in), so that penalties, thresholds and
 bandwidth mean the same at every site; `result()` folds the scale back into the weights (every
 architecture is positively homogeneous: b_enc, b_dec and thresholds divide by it), so the saved
@@ -78,7 +80,10 @@ class SiteTrainer:
         for g in self.opt.param_groups:
             g["lr"] = self.base_lr * _schedule(self.step_count, cfg.warmup_steps, self.total)
         x = x.to(sae.W_enc.device, sae.W_enc.dtype) * self.scale
-        x_hat, fires, l0, penalty, aux = self._forward(x, compute_dtype(cfg.compute_dtype, x.device))
+        # jumprelu stays fp32: its window (bandwidth 1e-3) is finer than bf16's grid (~0.004 at 1)
+        dtype = torch.float32 if cfg.method == "jumprelu" else compute_dtype(cfg.compute_dtype,
+                                                                             x.device)
+        x_hat, fires, l0, penalty, aux = self._forward(x, dtype)
         e = x - x_hat.to(x.dtype)
         total_var = (x - x.mean(0)).pow(2).sum()
         fvu = e.pow(2).sum() / total_var
@@ -97,8 +102,8 @@ class SiteTrainer:
             self.opt.step()
             if unit:
                 sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            if cfg.method == "jumprelu":
-                sae.threshold.clamp_(min=1e-6)                # a threshold stays positive
+            if cfg.method == "jumprelu":   # above half the window: z = relu(pre) is 0 for
+                sae.threshold.clamp_(min=cfg.bandwidth / 2)   # most latents, never inside it
             fires = fires.cpu()
             self.since_fired += x.shape[0]
             self.since_fired[fires > 0] = 0
@@ -139,10 +144,9 @@ class SiteTrainer:
             acts = z
             penalty = cfg.l1_coeff * (acts.float() * sae.W_dec.norm(dim=-1)).sum(-1).mean() / \
                 sae.d_in ** 0.5
-        else:  # jumprelu
-            theta = sae.threshold.to(dtype)
-            acts = _JumpReLU.apply(z, theta, cfg.bandwidth)
-            penalty = cfg.l0_coeff * _Step.apply(z, theta, cfg.bandwidth).float().sum(-1).mean()
+        else:  # jumprelu (always fp32, see step)
+            acts = _JumpReLU.apply(z, sae.threshold, cfg.bandwidth)
+            penalty = cfg.l0_coeff * _Step.apply(z, sae.threshold, cfg.bandwidth).sum(-1).mean()
         on = acts.detach() > 0
         return (acts @ W_dec + b_dec, on.sum(0), float(on.sum(-1).float().mean()), penalty,
                 cfg.method == "batchtopk")
@@ -179,9 +183,10 @@ class SiteTrainer:
         with torch.no_grad():
             for n, p in self.sae.named_parameters():
                 p.copy_(t[f"{prefix}.{n}"])
-                if f"{prefix}.adam.{n}.exp_avg" in t:
-                    self.opt.state[p] = {k: t[f"{prefix}.adam.{n}.{k}"].clone()
-                                         for k in ("exp_avg", "exp_avg_sq", "step")}
+                if f"{prefix}.adam.{n}.exp_avg" in t:   # the moments where the parameter is
+                    self.opt.state[p] = {k: t[f"{prefix}.adam.{n}.{k}"].clone().to(
+                        p.device if k != "step" else "cpu") for k in ("exp_avg", "exp_avg_sq",
+                                                                      "step")}
         self.since_fired = t[f"{prefix}.since_fired"].clone()
         self.step_count = int(t[f"{prefix}.step_count"])
         self.scale = float(t[f"{prefix}.scale"])
@@ -202,6 +207,8 @@ def new_sae(site: str, d_in: int, cfg, first: torch.Tensor, seed: int) -> tuple[
     transpose, b_dec the mean of the first batch (scaled), jumprelu thresholds at
     init_threshold."""
     arch = ARCHITECTURE_OF[cfg.method]
+    if cfg.method == "batchtopk" and cfg.k > cfg.expansion * d_in:
+        raise ValueError(f"k {cfg.k} is more than d_sae {cfg.expansion * d_in}")
     sae = SAE(d_in, cfg.expansion * d_in, architecture=arch,
               k=cfg.k if arch == "topk" else None, site=site)
     scale = d_in ** 0.5 / float(first.norm(dim=-1).mean().clamp_min(1e-12))

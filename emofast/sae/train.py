@@ -192,6 +192,8 @@ def _train(model, windows, cfg: SAETrainConfig, store, cache, progress: bool
                     stats[site].append(tr.step(batch[site]))
                 tokens += cfg.batch_tokens
                 bar.update(cfg.batch_tokens)
+            if not fill.batches:          # a fill smaller than one batch: nothing to report
+                continue
             row = {"epoch": fill.epoch, "tokens": tokens, **{
                 s: {k: sum(d[k] for d in v) / max(1, len(v)) for k in ("fvu", "l0", "dead")}
                 for s, v in stats.items()}}

@@ -241,3 +241,23 @@ def test_opcheck_cpp_ops():
                           (x, W_enc, b_enc, None, thr, "jumprelu"))
     torch.library.opcheck(torch.ops.emofast.sae_encode_topk.default,
                           (x, W_enc, b_enc, b_dec, None, "topk", 4))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bf16_bias_gradients_accumulate_in_fp32(impl):
+    """b_enc / b_dec sum N x k entries: in bf16 one slot would stall near 256 x an entry."""
+    g = torch.Generator().manual_seed(0)
+    N, d, m = 2048, 16, 8
+    x = torch.randn(N, d, generator=g).bfloat16()
+    W_enc = torch.randn(d, m, generator=g).bfloat16()
+    b_enc = torch.zeros(m).bfloat16().requires_grad_()
+    b_dec = torch.zeros(d).bfloat16().requires_grad_()
+    out = sae_encode(x, W_enc, b_enc, activation="topk", k=m, b_dec=b_dec, impl=impl)
+    grad = torch.rand(out.values.shape, generator=g).bfloat16()
+    out.values.backward(grad)
+    kept = (grad.double() * (out.values > 0))                       # [N, k]
+    want = torch.zeros(m, dtype=torch.float64).index_add_(0, out.indices.reshape(-1),
+                                                           kept.reshape(-1))
+    torch.testing.assert_close(b_enc.grad.double(), want, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(b_dec.grad.double(), -(W_enc.double() @ want), rtol=1e-2,
+                               atol=0.5)

@@ -195,3 +195,13 @@ def test_sparsify_variants_that_are_not_topk_saes(tmp_path, change, match):
     (folder / "cfg.json").write_text(json.dumps({**cfg, **change}))
     with pytest.raises(ValueError, match=match):
         load_sae(folder)
+
+
+def test_folders_of_earlier_emofast_still_load(tmp_path):
+    """Before the SAELens check emofast wrote its hook under "meta"; those folders still load."""
+    sae = random_sae(12, 40, "topk", k=5, site="L1.resid_post")
+    folder = save_sae(sae, tmp_path / "s")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["meta"] = cfg.pop("metadata")
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    assert load_sae(folder).site == "L1.resid_post"

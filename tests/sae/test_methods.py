@@ -128,3 +128,21 @@ def test_bf16_compute_trains_like_fp32():
     atoms, _, tr = trained("topk", steps=200, compute_dtype="bfloat16")
     assert tr.sae.W_enc.dtype == torch.float32
     assert matched(atoms, tr.result()) >= 0.9
+
+
+def test_jumprelu_ignores_bf16_compute():
+    """jumprelu trains in fp32 whatever compute_dtype says: its straight-through window
+    (bandwidth 1e-3) is finer than bf16's grid (0.004 near 1), which would bias theta's
+    pseudo-derivative; the bf16 request gives the fp32 step exactly."""
+    _, sample = planted()
+    x = sample(512)
+    grads = []
+    for dtype in ("float32", "bfloat16"):
+        cfg = SAETrainConfig(method="jumprelu", expansion=2, compute_dtype=dtype)
+        sae, scale = new_sae("L0.resid_post", D_IN, cfg, x, 0)
+        with torch.no_grad():
+            sae.threshold.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(3))
+        tr = SiteTrainer(sae, cfg, 10, scale)
+        tr.step(x)
+        grads.append(sae.threshold.grad.clone())
+    assert grads[0].abs().sum() > 0 and torch.equal(grads[0], grads[1])

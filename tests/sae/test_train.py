@@ -182,3 +182,17 @@ def test_every_method_trains_end_to_end(model, tmp_path):
         x = torch.randn(5, back.d_in)
         with torch.no_grad():
             torch.testing.assert_close(back(x), res.saes["L1.resid_post"](x))
+
+
+def test_fills_without_a_batch(model, tmp_path):
+    """A fill smaller than one batch trains nothing and reports nothing; a corpus that never
+    fills a batch is one clear error, with or without a checkpoint folder."""
+    cfg = SAETrainConfig(sites=("L1.resid_post",), expansion=2, k=4, epochs=1, batch_tokens=200,
+                         buffer_tokens=1000, max_length=32)
+    res = train_saes(model, DOCS, cfg, progress=False)
+    assert res.history and all(row["L1.resid_post"]["fvu"] > 0 for row in res.history)
+    tiny = SAETrainConfig(sites=("L1.resid_post",), batch_tokens=64, buffer_tokens=64, epochs=2,
+                          checkpoint_every=1)
+    for out in (None, tmp_path / "t"):
+        with pytest.raises(ValueError, match="the corpus gave no batch"):
+            train_saes(model, ["hello there you"], tiny, out=out, progress=False)
