@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
     t.add_argument("--out", default=None, help="folder: one SAELens folder per site, "
                    "train.json, checkpoints (a rerun resumes); default $EMOFAST_CACHE/saes/"
                    "<model>, where load_sae('<model>/<site>') finds them")
+    t.add_argument("--activations", default="auto", help="folder caching the activations as "
+                   "shards, so the model runs once for all epochs (auto: <out>/activations when "
+                   "epochs > 1, about 1.6 GB for the default set; none: no cache)")
     t.add_argument("--repair", action="store_true", help="recompute a damaged checkpoint")
     t.add_argument("--no-eval", action="store_true", help="skip evaluating each SAE on the "
                    "held-out neutral sentences (written to <out>/<site>/evaluation.json)")
@@ -58,9 +61,16 @@ def run_train(args) -> int:
                        data_files=args.corpus_files, max_docs=args.max_docs)
     model = common.load(args)
     out = Path(args.out or cached_sae_folder(args.model, "L0.resid_post").parent)
-    res = train_saes(model, docs, cfg, out=out, progress=not args.quiet, repair=args.repair)
+    activations = None if args.activations == "none" else args.activations
+    res = train_saes(model, docs, cfg, out=out, activations=activations,
+                     progress=not args.quiet, repair=args.repair)
     print(f"{res.tokens} tokens" + (f" ({res.resumed_from} resumed)" if res.resumed_from else "")
           + f"; wrote {out}")
+    cache = out / "activations" if activations == "auto" else activations
+    if cache is not None and Path(cache).is_dir():
+        size = sum(p.stat().st_size for p in Path(cache).rglob("*") if p.is_file())
+        print(f"activation cache kept for reuse: {cache} ({size / 1e9:.2f} GB; delete it when "
+              "done, or pass --activations none)")
     for site, sae in res.saes.items():
         last = res.history[-1][site]
         line = (f"{site}: training fvu {last['fvu']:.3f}, l0 {last['l0']:.1f}, dead "

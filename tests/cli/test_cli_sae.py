@@ -30,6 +30,7 @@ def test_train_then_eval(tiny, tmp_path, capsys):
     assert held_out["texts"] == "neutral_sentences" and held_out["n_tokens"] > 0
     assert (out / "L1.resid_post" / "sparsity.safetensors").is_file()
     assert len(list((out / "activations" / "parts").glob("fill-*"))) > 0  # epochs 10: cached
+    assert "activation cache kept for reuse" in printed
     assert cli.main(["sae", "eval", "--quiet", "--sae", str(out / "L1.resid_post"), "--texts",
                      str(corpus), "--out", str(tmp_path / "ev.json")]) == 0
     ev = json.loads((tmp_path / "ev.json").read_text())
@@ -60,3 +61,4 @@ def test_methods_and_corpus_flags(tiny, tmp_path):
     cfg = json.loads((out / "L0.resid_post" / "cfg.json").read_text())
     assert cfg["architecture"] == "jumprelu" and not (out / "L0.resid_post" /
                                                       "evaluation.json").exists()
+    assert not (out / "activations").exists()
