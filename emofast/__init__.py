@@ -17,7 +17,7 @@ from .data import EMOTIONS6, load_dataset, load_skeletons, neutral_sentences, se
 from .discovery import (assemble_circuit, attribution_screen, discover_emotion, emotion_metrics,
                         importance_prompts, rank_neurons, sublayer_importance, unit_scores,
                         verify_top)
-from .eval import EmotionJudge, distinct_n, lm_preservation, select_steering
+from .eval import EmotionJudge, distinct_n, lm_preservation, recognize, select_steering
 from .interventions import Circuit, Intervention, Modulation, Steering, generate
 from .models import DEFAULT_MODEL, Model, load_model
 from .sae import SAE, SAETrainConfig, evaluate_sae, load_corpus, load_sae, save_sae, train_saes
@@ -33,7 +33,7 @@ __all__ = ["DEFAULT_MODEL", "EMOTIONS6", "KINDS", "KL", "Circuit", "Edit", "Emot
            "distinct_n", "emotion_metrics", "emotion_pca", "evaluate_sae", "example_activations", "fit_probe",
            "generate", "hooks", "importance_prompts", "layer_separability", "lm_preservation",
            "load_corpus", "load_dataset", "load_model", "load_sae", "load_skeletons", "neutral_sentences", "parse_layers",
-           "parse_site", "principal_angles", "prompt_activations", "rank_neurons",
+           "parse_site", "principal_angles", "prompt_activations", "rank_neurons", "recognize",
            "save_sae", "select_steering", "sev_directions", "sev_prompts", "sites_for", "steer_grid",
            "sublayer_importance", "subspace_overlap", "sweep", "train_saes", "text_activations",
            "unit_differences", "unit_scores", "verify_top"]

@@ -24,7 +24,7 @@ from typing import Iterator
 
 EMOTIONS6 = ("anger", "sadness", "happiness", "fear", "surprise", "disgust")
 VALENCES = ("positive", "neutral", "negative")
-BUILTIN = {"basic4": "basic4.jsonl", "sev6": "sev6.jsonl"}
+BUILTIN = {"basic4": "basic4.jsonl", "sev6": "sev6.jsonl", "emo6": "emo6.jsonl"}
 SYSTEM_TEMPLATE = "Always reply in {emotion}.\nKeep the reply to at most two sentences."
 NEUTRAL_SYSTEM = "Keep the reply to at most two sentences."
 # Short first-person openings of a reply that expresses each emotion. Prefilled after a SEV

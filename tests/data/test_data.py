@@ -25,6 +25,26 @@ def test_basic4_shipped_dataset():
     assert len({len(e.text.split()) for e in data}) > 15      # varied lengths
 
 
+def test_emo6_shipped_dataset():
+    """emo6 (for the recognition task): 120 texts per Ekman emotion, 8 topics evenly, a third
+    without an emotion word, a fixed 80 / 40 train / test split per emotion."""
+    data = load_dataset("emo6")
+    assert len(data) == 720 and len({e.text for e in data}) == 720
+    for emotion in EMOTIONS6:
+        rows = [e for e in data if e.label == emotion]
+        assert len(rows) == 120
+        assert sum(not e.meta["explicit"] for e in rows) == 40
+        assert sum(e.meta["split"] == "test" for e in rows) == 40
+        topics = {t: sum(e.meta["topic"] == t for e in rows) for t in
+                  {e.meta["topic"] for e in data}}
+        assert len(topics) == 8 and set(topics.values()) == {15}
+    implicit = [e.text.lower() for e in data if not e.meta["explicit"]]
+    for word in ("angry", "furious", "sad", "happy", "afraid", "scared", "surprised",
+                 "disgusted", "joy", "fear"):
+        assert not any(f" {word} " in f" {t} " for t in implicit), word
+    assert len({len(e.text.split()) for e in data}) > 25      # varied lengths
+
+
 def test_sev6_shipped_skeletons_and_prompts():
     train, test = load_skeletons("sev6", split="train"), load_skeletons("sev6", split="test")
     assert len(train) + len(test) >= 40 and test
