@@ -63,8 +63,7 @@ def _plain_step(decode: str, dtype):
 
 
 def run(device: str = "cpu", small: bool = False) -> dict:
-    from emofast.sae import SAE
-    from emofast.sae.methods import SiteTrainer, compute_dtype
+    from emofast.sae.methods import SiteTrainer, compute_dtype, new_sae
     from emofast.sae.train import SAETrainConfig
 
     dev = torch.device(device)
@@ -74,12 +73,8 @@ def run(device: str = "cpu", small: bool = False) -> dict:
     x = torch.randn(N, d_in, generator=g).to(dev)
     cfg = SAETrainConfig(method="topk", k=k, auxk_coeff=0.0, dead_tokens=10 ** 12,
                          warmup_steps=1)
-    sae = SAE(d_in, d_sae, architecture="topk", k=k)     # d_sae need not be a multiple of d_in
-    with torch.no_grad():
-        w = torch.randn(d_sae, d_in, generator=g)
-        sae.W_dec.copy_(w / w.norm(dim=-1, keepdim=True))
-        sae.W_enc.copy_(sae.W_dec.T)
-    trainer = SiteTrainer(sae.to(dev), cfg, total_steps=10 ** 6, scale=1.0)
+    sae, scale = new_sae("L0.resid_post", d_in, cfg, x.cpu(), 0, d_sae=d_sae)  # not a multiple
+    trainer = SiteTrainer(sae.to(dev), cfg, total_steps=10 ** 6, scale=scale)
     steps = {"emofast": lambda: trainer.step(x)}
     for decode in ("dense", "bag"):
         p = {n: t.detach().clone().requires_grad_() for n, t in sae.named_parameters()}

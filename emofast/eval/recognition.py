@@ -100,10 +100,7 @@ def recognize(model, examples: Sequence[Example], *, labels: Sequence[str] = EMO
         if ex.label not in labels:
             raise ValueError(f"example {i} has label {ex.label!r}, not one of {', '.join(labels)}")
     batch_size = positive_int(batch_size, "batch_size")
-    iv = check_intervention(intervention, "recognize")
-    if iv is not None and iv.n_rows() not in (1, len(examples)):
-        raise ValueError(f"{type(iv).__name__} has {iv.n_rows()} rows for {len(examples)} "
-                         "examples: give one row, or one per example")
+    iv = check_intervention(intervention, "recognize", len(examples), "examples")
     candidates = label_tokens(model.tokenizer, labels)
     prompts = [recognition_prompt(model, ex.text) for ex in examples]
     scores = []

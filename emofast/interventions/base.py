@@ -54,11 +54,16 @@ class Intervention(abc.ABC):
         rows and a digest of everything that changes what it does."""
 
 
-def check_intervention(iv, where: str) -> Intervention | None:
-    """None or an Intervention, else a TypeError that says what is accepted."""
+def check_intervention(iv, where: str, rows: int | None = None,
+                       what: str = "rows") -> Intervention | None:
+    """None or an Intervention, else a TypeError that says what is accepted; with `rows`, it
+    must hold one row (broadcast) or `rows` (one per input `what`)."""
     if iv is not None and not isinstance(iv, Intervention):
         raise TypeError(f"{where} takes an Intervention (Steering, Modulation) or None, got "
                         f"{type(iv).__name__}")
+    if iv is not None and rows is not None and iv.n_rows() not in (1, rows):
+        raise ValueError(f"{type(iv).__name__} has {iv.n_rows()} rows for {rows} {what}: give "
+                         f"one row, or one per {what.rstrip('s')}")
     return iv
 
 

@@ -49,9 +49,7 @@ def generate(model: Model, prompts: Sequence[Prompt | str], *,
         raise ValueError("generation under an intervention needs one sequence per prompt and the "
                          "KV cache: num_beams, num_return_sequences and use_cache=False are not "
                          "supported")
-    if iv is not None and iv.n_rows() not in (1, len(prompts)):
-        raise ValueError(f"{type(iv).__name__} has {iv.n_rows()} rows for {len(prompts)} "
-                         "prompts: give one row, or one per prompt")
+    check_intervention(iv, "generate", len(prompts), "prompts")
     texts = check_fits(model, prompts, max_new_tokens, chat=chat)
     out: list[str] = []
     for start in tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress):

@@ -202,14 +202,16 @@ def compute_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def new_sae(site: str, d_in: int, cfg, first: torch.Tensor, seed: int) -> tuple[SAE, float]:
+def new_sae(site: str, d_in: int, cfg, first: torch.Tensor, seed: int,
+            d_sae: int | None = None) -> tuple[SAE, float]:
     """A fresh SAE for `method` and its training scale: random unit decoder rows, W_enc their
     transpose, b_dec the mean of the first batch (scaled), jumprelu thresholds at
-    init_threshold."""
+    init_threshold. d_sae defaults to cfg.expansion x d_in."""
     arch = ARCHITECTURE_OF[cfg.method]
-    if cfg.method == "batchtopk" and cfg.k > cfg.expansion * d_in:
-        raise ValueError(f"k {cfg.k} is more than d_sae {cfg.expansion * d_in}")
-    sae = SAE(d_in, cfg.expansion * d_in, architecture=arch,
+    d_sae = d_sae or cfg.expansion * d_in
+    if cfg.method == "batchtopk" and cfg.k > d_sae:
+        raise ValueError(f"k {cfg.k} is more than d_sae {d_sae}")
+    sae = SAE(d_in, d_sae, architecture=arch,
               k=cfg.k if arch == "topk" else None, site=site)
     scale = d_in ** 0.5 / float(first.norm(dim=-1).mean().clamp_min(1e-12))
     g = torch.Generator().manual_seed(seed)
