@@ -5,7 +5,7 @@
 // units[unit_offsets[j]:unit_offsets[j+1]]; all int64, CPU):
 //   variant_offsets [V + 1]  0 = variant_offsets[0] <= ... <= variant_offsets[V] = E
 //   edits           [E, 4]   columns (layer, kind, mode, pos_start); kind: 0 mlp_act, 1 attn_z,
-//                            2 resid_post; mode: 0 zero, 1 mean, 2 patch, 3 add (an addition's
+//                            2 resid_post, 3 sae; mode: 0 zero, 1 mean, 2 patch, 3 add (an addition's
 //                            one unit is its table entry)
 //   unit_offsets    [E + 1]  0 = unit_offsets[0] <= ... <= unit_offsets[E] = U
 //   units           [U]      unit indices

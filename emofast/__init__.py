@@ -22,11 +22,11 @@ from .interventions import Circuit, Intervention, Modulation, Steering, generate
 from .models import DEFAULT_MODEL, Model, load_model
 from .sae import SAE, SAETrainConfig, evaluate_sae, load_corpus, load_sae, save_sae, train_saes
 from .sites import KINDS, Scope, Site, hooks, parse_layers, parse_site, sites_for
-from .sweeps import (KL, Edit, LogitDiff, LogProb, ProbeProb, Projection, Steer, SweepResult,
+from .sweeps import (KL, Edit, FeatureEdit, LogitDiff, LogProb, ProbeProb, Projection, Steer, SweepResult,
                      Variant, steer_grid, sweep)
 
 __all__ = ["DEFAULT_MODEL", "EMOTIONS6", "KINDS", "KL", "Circuit", "Edit", "EmotionDirections",
-           "EmotionJudge", "Intervention", "LinearProbe", "LogProb", "LogitDiff", "Model",
+           "EmotionJudge", "FeatureEdit", "Intervention", "LinearProbe", "LogProb", "LogitDiff", "Model",
            "Modulation", "ProbeProb", "Projection", "SAE", "SAETrainConfig", "Scope", "Site", "Steer", "Steering",
            "SweepResult", "Variant", "assemble_circuit", "attribution_screen",
            "cross_model_alignment", "default_directions", "diff_of_means", "discover_emotion",

@@ -56,10 +56,10 @@ void check_edit(const Edit& e, const ModelFacts& f, const std::string& where) {
   if (e.mode < 0 || e.mode >= kNumModes)
     fail(where, ": mode ", e.mode, " unknown: one of 0..", kNumModes - 1, " (zero, mean, patch, add)");
   const bool add = e.mode == static_cast<int64_t>(Mode::add);
-  if (add != (e.kind == static_cast<int64_t>(SiteKind::resid_post)))
+  if (add != is_table_kind(e.kind))
     fail(where, ": mode ", mode_name(e.mode), " at site ", kind_name(e.kind),
-         ": additions (mode add) go to resid_post, ablations (zero, mean, patch) to mlp_act or "
-         "attn_z");
+         ": additions (mode add) go to resid_post or sae, ablations (zero, mean, patch) to "
+         "mlp_act or attn_z");
   if (e.pos_start < 0) fail(where, ": pos_start ", e.pos_start, " must be >= 0 (0 = all positions)");
   if (f.seq_len > 0 && e.pos_start >= f.seq_len)
     fail(where, ": pos_start ", e.pos_start, " out of range: seq_len is ", f.seq_len, " (0..",
@@ -88,7 +88,7 @@ void build_blocks(Chunk& c, std::vector<int64_t>& touched, const std::vector<Var
     blk.layer = touched[b] / n_kinds;
     blk.kind = touched[b] % n_kinds;
     blk.pos_start.assign(rows, c.pos_start);
-    if (blk.kind == static_cast<int64_t>(SiteKind::resid_post)) {
+    if (is_table_kind(blk.kind)) {
       blk.entries.assign(rows, -1);
     } else {
       blk.words = (f.n_units[blk.kind] + 31) / 32;
@@ -114,7 +114,7 @@ void build_blocks(Chunk& c, std::vector<int64_t>& touched, const std::vector<Var
 }  // namespace
 
 std::string kind_name(int64_t kind) {
-  static const char* names[kNumKinds] = {"mlp_act", "attn_z", "resid_post"};
+  static const char* names[kNumKinds] = {"mlp_act", "attn_z", "resid_post", "sae"};
   return kind >= 0 && kind < kNumKinds ? names[kind] : "kind" + std::to_string(kind);
 }
 

@@ -7,9 +7,10 @@
 // and the first position it edits. Two families of edits:
 //   ablations (modes zero, mean, patch) at mlp_act (unit = neuron) or attn_z (unit = head), any
 //     number of units;
-//   additions (mode add) at resid_post: exactly one unit, the index of an entry in the sweep's
-//     table of residual additions (a steering vector with its strength); n_units[resid_post] is
-//     the table's size. At most one addition per (layer) and variant.
+//   additions (mode add) at resid_post or sae: exactly one unit, the index of an entry in one of
+//     the sweep's tables: at resid_post a residual addition (a steering vector with its strength),
+//     at sae an SAE feature edit (which adds its reconstruction change to the SAE's site);
+//     n_units[kind] is the table's size. At most one addition per (layer, kind) and variant.
 // The planner
 //   1. validates every variant (std::invalid_argument with a message naming variant and edit),
 //   2. gives each variant a group key (first_layer, pos_start, mode_set):
@@ -42,8 +43,15 @@ enum class SiteKind : int64_t {
   mlp_act = 0,     // unit = neuron of the MLP activation (n_units = d_mlp)
   attn_z = 1,      // unit = attention head (n_units = H; the kernel groups d_head columns per unit)
   resid_post = 2,  // unit = an entry of the sweep's table of residual additions (mode add)
+  sae = 3,         // unit = an entry of the sweep's table of SAE feature edits (mode add)
 };
-constexpr int64_t kNumKinds = 3;
+constexpr int64_t kNumKinds = 4;
+
+// Kinds whose edits name one table entry (mode add) instead of a set of units.
+constexpr bool is_table_kind(int64_t kind) {
+  return kind == static_cast<int64_t>(SiteKind::resid_post) ||
+         kind == static_cast<int64_t>(SiteKind::sae);
+}
 
 // Modes; the names (mode_name) are checked against emofast.sweeps.plan.MODES likewise.
 enum class Mode : int64_t { zero = 0, mean = 1, patch = 2, add = 3 };

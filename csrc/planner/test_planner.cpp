@@ -29,15 +29,16 @@ namespace {
 constexpr int64_t MLP = static_cast<int64_t>(SiteKind::mlp_act);
 constexpr int64_t ATTN = static_cast<int64_t>(SiteKind::attn_z);
 constexpr int64_t RESID = static_cast<int64_t>(SiteKind::resid_post);
+constexpr int64_t SAE = static_cast<int64_t>(SiteKind::sae);
 constexpr int64_t ZERO = static_cast<int64_t>(Mode::zero);
 constexpr int64_t MEAN = static_cast<int64_t>(Mode::mean);
 constexpr int64_t ADD = static_cast<int64_t>(Mode::add);
 
 ModelFacts facts(int64_t n_layers, int64_t d_mlp, int64_t heads, int64_t budget,
-                 int64_t n_additions = 0) {
+                 int64_t n_additions = 0, int64_t n_feature_edits = 0) {
   ModelFacts f;
   f.n_layers = n_layers;
-  f.n_units = {d_mlp, heads, n_additions};
+  f.n_units = {d_mlp, heads, n_additions, n_feature_edits};
   f.seq_len = 16;
   f.bytes_per_row_per_layer = 100;
   f.n_prompts = 2;
@@ -93,7 +94,7 @@ void check_plan(const std::vector<Variant>& variants, const ModelFacts& f, const
       const Block& blk = c.blocks[b];
       if (b > 0) CHECK(std::make_pair(c.blocks[b - 1].layer, c.blocks[b - 1].kind) <
                        std::make_pair(blk.layer, blk.kind));
-      if (blk.kind == RESID) {  // additions: one entry per row, no mask
+      if (is_table_kind(blk.kind)) {  // additions: one entry per row, no mask
         CHECK(blk.mode == ADD && blk.words == 0 && blk.bits.empty());
         CHECK(static_cast<int64_t>(blk.entries.size()) == rows);
         for (int64_t r = 0; r < rows; ++r)
@@ -195,7 +196,7 @@ void test_random(uint32_t seed) {
   std::mt19937 rng(seed);
   auto pick = [&](int64_t n) { return static_cast<int64_t>(rng() % static_cast<uint32_t>(n)); };
   const int64_t n_layers = 1 + pick(6);
-  ModelFacts f = facts(n_layers, 1 + pick(70), 1 + pick(9), 0, 1 + pick(40));
+  ModelFacts f = facts(n_layers, 1 + pick(70), 1 + pick(9), 0, 1 + pick(40), 1 + pick(20));
   f.n_prompts = 1 + pick(3);
   f.memory_budget_bytes = f.n_prompts * f.bytes_per_row_per_layer * n_layers * (1 + pick(5));
   std::vector<Variant> v(1 + pick(60));
@@ -204,15 +205,16 @@ void test_random(uint32_t seed) {
     for (int64_t j = 0; j < n_edits; ++j) {
       Edit e;
       e.layer = pick(n_layers);
-      e.kind = pick(3);
-      e.mode = e.kind == RESID ? ADD : pick(2) ? ZERO : pick(3);  // add only at resid_post
+      e.kind = pick(4);
+      const bool table = is_table_kind(e.kind);
+      e.mode = table ? ADD : pick(2) ? ZERO : pick(3);  // add only at resid_post and sae
       e.pos_start = pick(3) * 3;
-      for (int64_t k = 0, n = e.kind == RESID ? 1 : 1 + pick(4); k < n; ++k)
+      for (int64_t k = 0, n = table ? 1 : 1 + pick(4); k < n; ++k)
         e.units.push_back(pick(f.n_units[e.kind]));
-      bool clash = false;  // one mode/pos_start per (layer, kind), one addition per layer
+      bool clash = false;  // one mode/pos_start per (layer, kind), one addition per (layer, kind)
       for (const Edit& o : var)
         clash |= o.layer == e.layer && o.kind == e.kind &&
-                 (o.mode != e.mode || o.pos_start != e.pos_start || e.kind == RESID);
+                 (o.mode != e.mode || o.pos_start != e.pos_start || table);
       if (!clash) var.push_back(e);
     }
   }
@@ -233,6 +235,11 @@ void test_errors() {
   check_error({{{0, RESID, ADD, 0, {2}}}}, fa, "unit 2 out of range for L0.resid_post: 2 units");
   check_error({{{1, RESID, ADD, 0, {0}}, {1, RESID, ADD, 0, {1}}}}, fa,
               "variant 0, edit 1: two additions at L1.resid_post");
+  const ModelFacts fs = facts(4, 40, 3, 1600, 0, 3);
+  check_error({{{0, SAE, MEAN, 0, {0}}}}, fs, "mode mean at site sae: additions");
+  check_error({{{0, SAE, ADD, 0, {3}}}}, fs, "unit 3 out of range for L0.sae: 3 units");
+  check_error({{{2, SAE, ADD, 0, {0}}, {2, SAE, ADD, 0, {1}}}}, fs,
+              "variant 0, edit 1: two additions at L2.sae");
   check_error({{{0, 7, ZERO, 0, {0}}}}, f, "site kind kind7 has no unit count");
   check_error({{{0, MLP, 9, 0, {0}}}}, f, "mode 9 unknown");
   check_error({{{0, MLP, ZERO, -1, {0}}}}, f, "pos_start -1 must be >= 0");

@@ -155,16 +155,22 @@ class SAE(nn.Module):
         return x
 
     # -- spliced into a model --------------------------------------------------------------------
-    @contextmanager
-    def hook(self, model, *, edit: Callable[[Acts], Acts] | None = None,
-             error: bool = True) -> Iterator[None]:
-        """Splice the SAE into `model` at its site for the block (see the module docstring):
-        `edit(acts) -> acts` changes the features of every row and position."""
+    def check_model(self, model):
+        """The SAE's site in `model`, or a ValueError when the model has no such site or its
+        width there is not the SAE's d_in."""
         site = parse_site(self.site, model.n_layers)
         width = site_width(model, site.kind)
         if width != self.d_in:
             raise ValueError(f"{self} reads {self.d_in} features but {site} of this model has "
                              f"{width}: it belongs to another model or site")
+        return site
+
+    @contextmanager
+    def hook(self, model, *, edit: Callable[[Acts], Acts] | None = None,
+             error: bool = True) -> Iterator[None]:
+        """Splice the SAE into `model` at its site for the block (see the module docstring):
+        `edit(acts) -> acts` changes the features of every row and position."""
+        site = self.check_model(model)
 
         def fn(x, _site):
             if error and edit is None:

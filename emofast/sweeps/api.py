@@ -59,6 +59,7 @@ from ..sites import Scope, legacy_scope
 from ..validation import Interrupted, positive_int
 from .batched import run_batched
 from .batches import encode_batches
+from .features import FeatureEdit, FeatureTable, lower_features
 from .job import Job, check_finite
 from .loop import run_loop
 from .metrics import Metric
@@ -108,16 +109,19 @@ def sweep(model: Model, prompts: Sequence[str],
     if memory_budget is not None:
         memory_budget = positive_int(memory_budget, "memory_budget (bytes)")
     batches = encode_batches(model, prompts, batch_size)
-    variants, table = _scoped(model, variants, scope, n_prompts=batches[-1].stop)
+    variants, table, features = _scoped(model, variants, scope, n_prompts=batches[-1].stop)
     _check_reach(variants, batches)
-    src_batches = _sources(model, batches, variants, sources, scope.kind == "last", batch_size)
+    src_batches = _sources(model, batches, variants, sources, scope.kind == "last", batch_size,
+                           features)
     with folder_lock(out) if out is not None else nullcontext():
         store = None if out is None else SweepStore(out, fingerprint(
             model, prompts, variants, metric, scope, sources, table, engine=engine,
-            batch_size=batch_size), repair=repair)
+            batch_size=batch_size, features=features), repair=repair)
+        if features is not None:
+            features.fit_means(model, batches)
         job = Job(model, batches, src_batches, variants, table, metric, scope.kind == "last",
                   torch.empty(len(variants), batches[-1].stop, device=model.device), store,
-                  None, memory_budget)
+                  None, memory_budget, features)
         try:
             result = _compute(job, engine, progress)
         except KeyboardInterrupt:
@@ -127,7 +131,7 @@ def sweep(model: Model, prompts: Sequence[str],
                               f"are saved in {out}; run the same sweep again to resume") from None
         result = result._replace(elapsed_s=time.perf_counter() - t0)
         if out is not None:
-            write_results(out, result, variants, metric, scope, table)
+            write_results(out, result, variants, metric, scope, table, features)
     return result
 
 
@@ -166,13 +170,14 @@ def _run(job: Job, todo: list[int], engine: str) -> int:
 
 
 def _scoped(model: Model, variants, scope: Scope, n_prompts: int
-            ) -> tuple[list[tuple], AdditionTable | None]:
-    """Validate the variants, lower Steers to Adds (their table beside) and apply the sweep's
-    scope (from:p -> pos_start p)."""
-    if isinstance(variants, (Edit, Variant, Steer, Intervention)) or not len(variants):
+            ) -> tuple[list[tuple], AdditionTable | None, FeatureTable | None]:
+    """Validate the variants, lower Steers and FeatureEdits to Adds (their tables beside) and
+    apply the sweep's scope (from:p -> pos_start p)."""
+    if isinstance(variants, (Edit, Variant, Steer, FeatureEdit, Intervention)) or not len(variants):
         raise ValueError("sweep needs a non-empty list of variants, each a list of Edits "
                          "(an empty list is the clean run)")
-    lowered, table = lower_steers(variants, model.d_model)
+    lowered, features = lower_features(variants, model)
+    lowered, table = lower_steers(lowered, model.d_model)
     limits = {"mlp_act": (model.d_mlp, "neurons"), "attn_z": (model.n_heads, "heads")}
     out = []
     for i, items in enumerate(lowered):
@@ -200,7 +205,7 @@ def _scoped(model: Model, variants, scope: Scope, n_prompts: int
         if scope.kind == "from" and scope.n > 0:
             items = tuple(_with_start(e, scope.n) for e in items)
         out.append(tuple(items))
-    return out, table
+    return out, table, features
 
 
 def _check_intervention(iv: Intervention, i: int, n_prompts: int) -> None:
@@ -227,7 +232,7 @@ def _with_start(e, p: int):
     if isinstance(e, Edit):
         return Edit(e.layer, e.site, e.units, e.mode, p)
     if isinstance(e, Add):
-        return Add(e.layer, e.entry, p)
+        return Add(e.layer, e.entry, p, e.site)
     return e
 
 
@@ -242,15 +247,18 @@ def _check_reach(variants: list[tuple], batches) -> None:
                                  f"0..{longest - 1})")
 
 
-def _sources(model, batches, variants, sources, last: bool, batch_size: int):
+def _sources(model, batches, variants, sources, last: bool, batch_size: int,
+             features: FeatureTable | None):
     """Validate `sources` against the patch edits; encode them like the prompts."""
-    patches = any(getattr(e, "mode", None) == "patch" for v in variants for e in v)
+    patches = any(getattr(e, "mode", None) == "patch" for v in variants for e in v) or bool(
+        features is not None and features.keys("patch"))
     if sources is None:
         if patches:
             raise ValueError("patch edits need sources=[one source text per prompt]")
         return None
     if not patches:
-        raise ValueError("sources given but no variant has a patch edit (mode='patch')")
+        raise ValueError("sources given but no variant has a patch edit (mode='patch', or a "
+                         "FeatureEdit with mode 'patch')")
     if isinstance(sources, str) or len(sources) != batches[-1].stop:
         raise ValueError(f"sources must be a list of one text per prompt ({batches[-1].stop}), "
                          f"got {1 if isinstance(sources, str) else len(sources)}")

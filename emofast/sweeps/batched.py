@@ -7,7 +7,8 @@ or T - 1 when only the last token is edited). So `run_chunk` runs only the rest:
   returns the clean resid_pre of layer f (positions >= s), shared by every variant;
 - positions < s come from the clean key/value cache (`cache=`), so layers >= f compute
   T - s positions per row, one position per layer when the last token is edited;
-- each row's ablation is applied by `masked_ablate`, each row's addition by `steer_add`;
+- each row's ablation is applied by `masked_ablate`, each row's addition by `steer_add`, each
+  row's SAE feature edit by `features.rows_feature_edit`;
 - only the last position goes through the final norm and the unembedding.
 Rows are variant-major: row r = variant r // P, prompt r % P. On an out-of-memory error a chunk
 halves and retries from the failing prompt batch.
@@ -25,6 +26,7 @@ from ..kernels import masked_ablate
 from ..models import Model, kv_cache_kwargs, position_ids
 from .batches import padded_starts
 from .clean import CleanState, clean_pass, readout, readout_hook, repeat_readout
+from .features import FeatureTable, rows_feature_edit
 from .job import Job, finish
 from .metrics import Metric, overflowed_to_nan
 from .plan import Chunk, plan_sweep
@@ -39,6 +41,8 @@ def run_batched(job: Job, todo: list[int]) -> int:
     n_units = {"mlp_act": model.d_mlp, "attn_z": model.n_heads}
     if job.additions is not None:
         n_units["resid_post"] = len(job.additions)
+    if job.features is not None:
+        n_units["sae"] = len(job.features)
     plan = plan_sweep([job.variants[i] for i in todo], n_layers=model.n_layers, n_units=n_units,
                       n_prompts=max(b.stop - b.start for b in batches),
                       bytes_per_row_per_layer=_row_layer_bytes(model, T_max),
@@ -46,6 +50,8 @@ def run_batched(job: Job, todo: list[int]) -> int:
     todo_t = torch.tensor(todo, dtype=torch.long)
     keys = {m: {k for c in plan.chunks for k, blk in c.blocks.items() if blk.mode == m}
             for m in ("mean", "patch")}
+    if job.features is not None:
+        keys["patch"] |= job.features.keys("patch")
     states, means = clean_pass(model, batches, job.metric, mean_keys=keys["mean"], keep_kv=True,
                                first_layers={c.first_layer for c in plan.chunks},
                                sources=job.sources, patch_keys=keys["patch"], last=job.last)
@@ -59,7 +65,7 @@ def run_batched(job: Job, todo: list[int]) -> int:
             b = states[j].batch
             try:
                 vals = run_chunk(model, states[j], chunk, job.metric, fills=fills, last=job.last,
-                                 additions=job.additions)
+                                 additions=job.additions, features=job.features)
             except torch.OutOfMemoryError:
                 V_c = len(chunk.variant_ids)
                 if V_c == 1:
@@ -81,9 +87,11 @@ def run_batched(job: Job, todo: list[int]) -> int:
 
 
 def run_chunk(model: Model, state: CleanState, chunk: Chunk, metric: Metric, *,
-              fills: dict, last: bool, additions: AdditionTable | None = None) -> torch.Tensor:
+              fills: dict, last: bool, additions: AdditionTable | None = None,
+              features: FeatureTable | None = None) -> torch.Tensor:
     """Metric values [V_c * P] (variant-major) of the chunk's variants on one batch;
-    `additions` holds the entries its Add blocks index (`emofast.sweeps.steer`)."""
+    `additions` and `features` hold the entries its Add blocks index (`emofast.sweeps.steer`,
+    `emofast.sweeps.features`)."""
     b, L = state.batch, model.n_layers
     V_c, T = len(chunk.variant_ids), b.ids.shape[1]
     f = chunk.first_layer
@@ -93,7 +101,7 @@ def run_chunk(model: Model, state: CleanState, chunk: Chunk, metric: Metric, *,
     if state.kv is not None:
         s = T - 1 if last else min(chunk.pos_start, T - 1)
     seen = {}
-    hooks = _chunk_hooks(model, state, chunk, fills, last, additions, s)
+    hooks = _chunk_hooks(model, state, chunk, fills, last, additions, s, features)
     if metric.reads == "resid":
         hooks.append(readout_hook(model, metric, seen))
     mask = b.mask.repeat(V_c, 1)
@@ -113,7 +121,8 @@ def run_chunk(model: Model, state: CleanState, chunk: Chunk, metric: Metric, *,
 
 
 def _chunk_hooks(model: Model, state: CleanState, chunk: Chunk, fills: dict, last: bool,
-                 additions: AdditionTable | None, s: int) -> list:
+                 additions: AdditionTable | None, s: int,
+                 features: FeatureTable | None = None) -> list:
     """One hook per block: every row's own edit of the positions >= s the forward computes."""
     b = state.batch
     V_c, P, T = len(chunk.variant_ids), b.stop - b.start, b.ids.shape[1]
@@ -124,6 +133,12 @@ def _chunk_hooks(model: Model, state: CleanState, chunk: Chunk, fills: dict, las
         p_row = block.pos_start.to(dev).repeat_interleave(P)              # [V_c * P] real p
         start = padded_starts(b.pad.repeat(V_c), p_row, T, last)
         row_start = (start - s).clamp(0, T - s)
+        if site == "sae":
+            patch = {k: v[:, s:].repeat(V_c, 1, 1) for k, v in state.patch.items()
+                     if k in features.keys("patch")}
+            hooks.extend(rows_feature_edit(features, block.entries, row_variant, row_start,
+                                           patch))
+            continue
         if block.mode == "add":
             hooks.append((f"L{layer}.resid_post",
                           rows_steer(additions, block.entries, row_variant, row_start)))

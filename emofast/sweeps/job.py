@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 from ..models import Model
 from ..validation import NonFiniteError
 from .batches import Batch
+from .features import FeatureTable
 from .metrics import Metric
 from .steer import AdditionTable
 from .store import SweepStore
@@ -27,6 +28,7 @@ class Job(NamedTuple):
     store: SweepStore | None
     bar: tqdm | None             # set when the engine runs
     memory_budget: int | None
+    features: FeatureTable | None = None   # the entries of the variants' SAE feature edits
 
 
 def finish(job: Job, ids: list[int] | torch.Tensor) -> None:
@@ -53,3 +55,10 @@ def check_finite(variants: list[tuple], ids: torch.Tensor, values: torch.Tensor)
 def edit_keys(variants, mode: str) -> set[tuple[int, str]]:
     """The (layer, site)s some variant edits with `mode` (what the clean pass must read)."""
     return {(e.layer, e.site) for v in variants for e in v if getattr(e, "mode", None) == mode}
+
+
+def source_keys(job: Job, variants) -> set[tuple[int, str]]:
+    """Where the clean pass must read the source run: the patch Edits' (layer, site)s and the
+    sites of the SAEs whose features the sweep patches."""
+    keys = edit_keys(variants, "patch")
+    return keys if job.features is None else keys | job.features.keys("patch")

@@ -1,6 +1,7 @@
 """The loop engine, the reference: per variant and prompt batch, one hooked forward.
 
-Edits are done by plain indexing (`index_edit`), Steers by `steer.index_steer`, other
+Edits are done by plain indexing (`index_edit`), Steers by `steer.index_steer`, SAE feature
+edits by `features.index_feature_edit`, other
 Interventions through their own hooks; full logits are computed, as the peers (nnsight,
 TransformerLens) do it. The batched engine must give the same numbers (tests/sweeps).
 """
@@ -12,7 +13,8 @@ import torch
 
 from .batches import padded_starts
 from .clean import clean_pass, readout_hook
-from .job import Job, edit_keys, finish
+from .features import index_feature_edit
+from .job import Job, edit_keys, finish, source_keys
 from .metrics import Readout, overflowed_to_nan
 from .plan import Add, Edit
 from .steer import index_steer
@@ -26,7 +28,7 @@ def run_loop(job: Job, todo: list[int]) -> int:
     chosen = [job.variants[i] for i in todo]
     states, means = clean_pass(model, job.batches, metric, first_layers=set(),
                                mean_keys=edit_keys(chosen, "mean"), keep_kv=False,
-                               sources=job.sources, patch_keys=edit_keys(chosen, "patch"),
+                               sources=job.sources, patch_keys=source_keys(job, chosen),
                                last=job.last)
     for piece in range(0, len(todo), PIECE):
         ids = todo[piece:piece + PIECE]
@@ -46,7 +48,11 @@ def _one(job: Job, variant: tuple, st, means: dict) -> torch.Tensor:
     for e in variant:
         if isinstance(e, (Edit, Add)):
             starts = padded_starts(b.pad, e.pos_start, T, job.last).tolist()
-            if isinstance(e, Add):
+            if isinstance(e, Add) and e.site == "sae":
+                sae = job.features.saes[job.features.entries[e.entry][0]]
+                hooks.append((sae.site, index_feature_edit(job.features, e.entry, starts,
+                                                           st.patch)))
+            elif isinstance(e, Add):
                 hooks.append((f"L{e.layer}.resid_post", index_steer(job.additions, e.entry, starts)))
             else:
                 hooks.append((f"L{e.layer}.{e.site}", index_edit(

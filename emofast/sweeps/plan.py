@@ -10,8 +10,10 @@
 
 Two kinds of edit:
 - `Edit`: an ablation (mode zero / mean / patch) of units at mlp_act (neurons) or attn_z (heads);
-- `Add`: a residual addition at resid_post of a layer, naming one entry of the sweep's table of
-  additions (a steering vector, its strength and scale; `emofast.sweeps.steer` builds the table).
+- `Add`: an addition naming one entry of one of the sweep's tables: at site resid_post a residual
+  addition (a steering vector, its strength and scale; `emofast.sweeps.steer` builds the table),
+  at site "sae" an SAE feature edit of the layer (`emofast.sweeps.features`), which adds the
+  change of its SAE's reconstruction to the SAE's site.
 
 How (the same in the C++ core csrc/planner/planner.h and in `_plan_python` here):
 - each variant gets a group key (first_layer, pos_start, mode_set): its lowest edited layer
@@ -44,10 +46,11 @@ import torch
 from ..kernels import cpp
 from ..validation import integer
 
-SITES: tuple[str, ...] = ("mlp_act", "attn_z", "resid_post")  # index = C++ SiteKind
+SITES: tuple[str, ...] = ("mlp_act", "attn_z", "resid_post", "sae")  # index = C++ SiteKind
 MODES: tuple[str, ...] = ("zero", "mean", "patch", "add")      # index = C++ Mode
 ABLATION_SITES = ("mlp_act", "attn_z")
 ABLATION_MODES = ("zero", "mean", "patch")
+TABLE_SITES = ("resid_post", "sae")   # their edits (mode add) name one entry of a table
 _INT64_MAX = 2**63 - 1
 
 
@@ -76,17 +79,20 @@ class Edit:
 
 @dataclass(frozen=True)
 class Add:
-    """A residual addition: entry `entry` of the sweep's addition table, added to resid_post of
-    `layer` at real tokens >= pos_start (the planner's form of a `Steer`)."""
+    """Entry `entry` of one of the sweep's tables applied at `layer`, real tokens >= pos_start:
+    site "resid_post", a residual addition (the planner's form of a `Steer`); site "sae", an SAE
+    feature edit (the planner's form of a `FeatureEdit`)."""
     layer: int
     entry: int
     pos_start: int = 0
-    site = "resid_post"
+    site: str = "resid_post"
     mode = "add"
 
     def __post_init__(self):
         for name in ("layer", "entry", "pos_start"):
             object.__setattr__(self, name, integer(getattr(self, name), f"Add {name}"))
+        if self.site not in TABLE_SITES:
+            raise ValueError(f"Add site {self.site!r}: one of {', '.join(TABLE_SITES)}")
 
     @property
     def units(self) -> tuple[int]:
@@ -251,7 +257,7 @@ def _plan_python(variants: list[tuple[Edit | Add, ...]], f: _Facts) -> Plan:
             _check_edit(e, f, f"variant {i}, edit {j}")
             prev = sites.setdefault((e.layer, e.site), _SiteEdit(e.mode, e.pos_start, set(), j))
             if prev.first_edit != j and e.mode == "add":
-                raise ValueError(f"variant {i}, edit {j}: two additions at L{e.layer}.resid_post "
+                raise ValueError(f"variant {i}, edit {j}: two additions at L{e.layer}.{e.site} "
                                  f"(edit {prev.first_edit} and here): add their vectors into "
                                  "one entry")
             if (prev.mode, prev.pos_start) != (e.mode, e.pos_start):
@@ -344,6 +350,9 @@ def _check_edit(e: Edit | Add, f: _Facts, where: str) -> None:
     n = f.n_units[SITES.index(e.site)]
     if n == 0:
         raise ValueError(f"{where}: site kind {e.site} has no unit count: give n_units for it")
+    if (e.mode == "add") != (e.site in TABLE_SITES):
+        raise ValueError(f"{where}: mode {e.mode} at site {e.site}: additions (mode add) go to "
+                         "resid_post or sae, ablations (zero, mean, patch) to mlp_act or attn_z")
     if e.pos_start < 0:
         raise ValueError(f"{where}: pos_start {e.pos_start} must be >= 0 (0 = all positions)")
     if f.seq_len > 0 and e.pos_start >= f.seq_len:

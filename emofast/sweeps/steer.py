@@ -118,12 +118,12 @@ def lower_steers(variants, d_model: int) -> tuple[list[tuple], AdditionTable | N
                             "e.g. [edit]")
         items, lowered, layers = (v.edits if isinstance(v, Variant) else tuple(v)), [], set()
         for item in items:
-            if isinstance(item, (Edit, Intervention)):
+            if isinstance(item, (Edit, Add, Intervention)):
                 lowered.append(item)
                 continue
             if not isinstance(item, Steer):
-                raise TypeError(f"variant {i}: items must be Edits, Steers or Interventions, "
-                                f"got {item!r}")
+                raise TypeError(f"variant {i}: items must be Edits, Steers, FeatureEdits or "
+                                f"Interventions, got {item!r}")
             if item.vector.shape[0] != d_model:
                 raise ValueError(f"variant {i}: Steer at layer {item.layer} has a vector of "
                                  f"{item.vector.shape[0]} features; the model's d_model is "

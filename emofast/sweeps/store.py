@@ -37,7 +37,7 @@ def positions_json(scope: Scope) -> str | int:
 
 def fingerprint(model, prompts: Sequence[str], variants: Sequence[tuple], metric, scope: Scope,
                 sources: Sequence[str] | None, additions=None, *, engine: str = "batched",
-                batch_size: int = 32) -> dict:
+                batch_size: int = 32, features=None) -> dict:
     """What must be equal for stored results to be reused (see the module docstring)."""
     def sha(obj) -> str:
         return hashlib.sha256(json.dumps(obj).encode()).hexdigest()
@@ -48,7 +48,8 @@ def fingerprint(model, prompts: Sequence[str], variants: Sequence[tuple], metric
             "variants_sha256": sha([[edit_json(e) for e in v] for v in variants]),
             "n_variants": len(variants), "metric": repr(metric), "scope": str(scope),
             "steer_sha256": None if additions is None else _additions_sha256(additions),
-            "engine": engine, "batch_size": batch_size}
+            "engine": engine, "batch_size": batch_size,
+            **({} if features is None else {"features_sha256": features.sha256()})}
 
 
 def _additions_sha256(additions) -> str:
@@ -63,8 +64,8 @@ def edit_json(e) -> dict:
         return {"layer": e.layer, "site": e.site, "units": list(e.units), "mode": e.mode,
                 "pos_start": e.pos_start}
     if isinstance(e, Add):
-        return {"layer": e.layer, "site": "resid_post", "entry": e.entry, "mode": "steer",
-                "pos_start": e.pos_start}
+        return {"layer": e.layer, "site": e.site, "entry": e.entry,
+                "mode": "steer" if e.site == "resid_post" else "feature", "pos_start": e.pos_start}
     return e.describe()
 
 
@@ -107,14 +108,16 @@ class SweepStore:
 
 
 def write_results(out: str | os.PathLike, result, variants: Sequence[tuple], metric,
-                  scope: Scope, additions=None) -> Path:
+                  scope: Scope, additions=None, features=None) -> Path:
     """DIR/results.safetensors and DIR/results.json: {"engine", "n_prompts", "n_variants",
     "elapsed_s", "variants_per_s", "metric", "positions", "resumed", "variants": [{"id",
     "edits": [{"layer", "site", "unit", "mode", "pos_start"}], "value"}]} with value the mean
     over prompts; a multi-unit edit lists one entry per unit. A Steer is listed as site
     "resid_post", mode "steer", unit k = row k of results.safetensors "steer_vectors" [K,
-    d_model], with its "alpha", "scale", "rms" (scale == "rms") and "label"; another
-    Intervention as its `describe()`: {"intervention": "Steering", "scope", "rows", "sha1"}. "scope" spells the scope ("all", "last",
+    d_model], with its "alpha", "scale", "rms" (scale == "rms") and "label"; an SAE feature
+    edit as site "sae", mode "feature", unit k (its entry) with its "sae" (the SAE's site),
+    "features", "feature_mode", "factor" and "label"; another Intervention as its
+    `describe()`: {"intervention": "Steering", "scope", "rows", "sha1"}. "scope" spells the scope ("all", "last",
     "from:p"); "positions" is the same in the older form ("all", "last", p)."""
     out = Path(out)
     tensors = {"values": result.values.contiguous(), "per_prompt": result.per_prompt.contiguous()}
@@ -123,6 +126,9 @@ def write_results(out: str | os.PathLike, result, variants: Sequence[tuple], met
     save_tensors(out / "results.safetensors", tensors)
 
     def entries(e) -> list[dict]:
+        if isinstance(e, Add) and e.site == "sae":
+            return [{"layer": e.layer, "site": "sae", "unit": e.entry, "mode": "feature",
+                     "pos_start": e.pos_start, **features.describe(e.entry)}]
         if isinstance(e, Add):
             return [{"layer": e.layer, "site": "resid_post", "unit": e.entry, "mode": "steer",
                      "pos_start": e.pos_start, **additions.describe(e.entry)}]
