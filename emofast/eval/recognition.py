@@ -4,6 +4,7 @@
     res.accuracy, res.per_emotion, res.confusion             # confusion[true][predicted]
     res.log_prob_true, res.margin                            # per text
     recognize(model, examples, intervention=steering)        # the same under any Intervention
+    recognize(model, examples, calibrate=True)               # label-logit calibration control
 
 The prompt is the chat template (when the tokenizer has one) around
     "{text}\\n\\nWhich emotion does this text express: anger, sadness, happiness, fear, surprise or
@@ -87,11 +88,17 @@ def recognition_prompt(model, text: str) -> str:
     return model.chat_text(f"{text}\n\n{QUESTION}")
 
 
+CONTENT_FREE = ("N/A", "", "[MASK]")   # Zhao et al. 2021's content-free inputs
+
+
 @torch.no_grad()
 def recognize(model, examples: Sequence[Example], *, labels: Sequence[str] = EMOTIONS6,
-              intervention: Intervention | None = None, batch_size: int = 16,
-              progress: bool = True) -> RecognitionResult:
-    """See the module docstring. Every example's label must be one of `labels`."""
+              intervention: Intervention | None = None, calibrate: bool = False,
+              batch_size: int = 16, progress: bool = True) -> RecognitionResult:
+    """See the module docstring. Every example's label must be one of `labels`. `calibrate`
+    subtracts from each label's score its mean score on the content-free inputs CONTENT_FREE
+    (contextual calibration, Zhao et al. 2021), under the same intervention (which then holds
+    one row)."""
     labels = tuple(labels)
     examples = list(examples)
     if not examples:
@@ -101,8 +108,26 @@ def recognize(model, examples: Sequence[Example], *, labels: Sequence[str] = EMO
             raise ValueError(f"example {i} has label {ex.label!r}, not one of {', '.join(labels)}")
     batch_size = positive_int(batch_size, "batch_size")
     iv = check_intervention(intervention, "recognize", len(examples), "examples")
+    if calibrate and iv is not None and iv.n_rows() != 1:
+        raise ValueError("recognize(calibrate=True) needs a one-row intervention (the "
+                         "content-free inputs run under it too)")
     candidates = label_tokens(model.tokenizer, labels)
-    prompts = [recognition_prompt(model, ex.text) for ex in examples]
+    score = _scores(model, [recognition_prompt(model, ex.text) for ex in examples], candidates,
+                    iv, batch_size, progress)
+    if calibrate:
+        score = score - _scores(model, [recognition_prompt(model, t) for t in CONTENT_FREE],
+                                candidates, iv, batch_size, False).mean(0)
+    truth_idx = torch.tensor([labels.index(ex.label) for ex in examples])
+    log_prob = score.log_softmax(-1).gather(1, truth_idx[:, None]).squeeze(1)
+    wrong = score.scatter(1, truth_idx[:, None], float("-inf")).max(-1).values
+    return RecognitionResult(labels, [labels[int(i)] for i in score.argmax(-1)],
+                             [ex.label for ex in examples], log_prob,
+                             score.gather(1, truth_idx[:, None]).squeeze(1) - wrong)
+
+
+def _scores(model, prompts: list[str], candidates: dict[str, list[int]],
+            iv: Intervention | None, batch_size: int, progress: bool) -> torch.Tensor:
+    """[n, labels]: each label's best first-token logit at the reply's first position."""
     scores = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="recognize", disable=not progress):
         enc = model.encode(prompts[start:start + batch_size], templated=True, padding_side="left")
@@ -112,10 +137,4 @@ def recognize(model, examples: Sequence[Example], *, labels: Sequence[str] = EMO
             logits = model.forward(enc["input_ids"], enc["attention_mask"]).logits[:, -1].float()
         scores.append(torch.stack([logits[:, ids].max(-1).values
                                    for ids in candidates.values()], -1).cpu())   # [B, labels]
-    score = torch.cat(scores)
-    truth_idx = torch.tensor([labels.index(ex.label) for ex in examples])
-    log_prob = score.log_softmax(-1).gather(1, truth_idx[:, None]).squeeze(1)
-    wrong = score.scatter(1, truth_idx[:, None], float("-inf")).max(-1).values
-    return RecognitionResult(labels, [labels[int(i)] for i in score.argmax(-1)],
-                             [ex.label for ex in examples], log_prob,
-                             score.gather(1, truth_idx[:, None]).squeeze(1) - wrong)
+    return torch.cat(scores)

@@ -143,6 +143,37 @@ class SAE(nn.Module):
             out = acts @ self.W_dec + self.b_dec
         return self._norm_out(out, _undo)
 
+    # -- a few features at a time (sweep edits, feature steering) ------------------------------
+    def dense(self, acts: Acts) -> torch.Tensor:
+        """Activations as dense [..., d_sae]."""
+        if not isinstance(acts, EncoderOutput):
+            return acts
+        out = acts.values.new_zeros(*acts.values.shape[:-1], self.d_sae)
+        return out.scatter_(-1, acts.indices.long(), acts.values)
+
+    def feature_values(self, acts: Acts, features: torch.Tensor) -> torch.Tensor:
+        """Activations [B, T, ...] of each row's features [B, m] -> [B, T, m] (TopK: read from
+        the kept entries, no dense [B, T, d_sae])."""
+        if isinstance(acts, EncoderOutput):
+            hit = acts.indices.long()[..., :, None] == features[:, None, None, :]  # [B,T,k,m]
+            return (acts.values[..., :, None] * hit).sum(-2)
+        return acts.gather(-1, features[:, None, :].expand(-1, acts.shape[1], -1))
+
+    def feature_change(self, coef: torch.Tensor, features: torch.Tensor,
+                       undo: tuple | None) -> torch.Tensor:
+        """decode(a + c) - decode(a) for a change c [B, T, m] of each row's features [B, m]:
+        c @ W_dec[features] through the output normalisation (linear: the layer_norm std, or
+        over the constant_norm_rescale coefficient, of the encode that gave `undo`)."""
+        delta = torch.einsum("btm,bmd->btd", coef, self.W_dec[features])        # [B, T, d_in]
+        return self.output_jacobian(delta, undo)
+
+    def output_jacobian(self, y: torch.Tensor, undo: tuple | None) -> torch.Tensor:
+        """y [..., d_in] times the Jacobian of the output normalisation (a scalar per position:
+        the layer_norm std, 1 / the constant_norm_rescale coefficient, 1 without one)."""
+        if undo is None:
+            return y
+        return self._norm_out(y, undo) - self._norm_out(torch.zeros_like(y), undo)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The reconstruction of x, shaped like x."""
         undo: list = []

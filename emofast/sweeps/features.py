@@ -34,7 +34,6 @@ from typing import Sequence
 import torch
 
 from ..interventions.base import Intervention, digest
-from ..kernels import EncoderOutput
 from ..models import Model, position_ids
 from ..sae import SAE
 from ..sites import parse_site
@@ -140,7 +139,7 @@ class FeatureTable:
 
         def read(act, site):
             for j in by_site[str(site)]:
-                acts = _dense(self.saes[j], self.saes[j].encode(act[real]))   # [n_real, d_sae]
+                acts = self.saes[j].dense(self.saes[j].encode(act[real]))   # [n_real, d_sae]
                 sums[j] += acts.double().sum(0).cpu()
         for b in batches:
             real = b.mask.bool()
@@ -177,14 +176,6 @@ class FeatureTable:
 def _key(sae: SAE) -> tuple[int, str]:
     s = parse_site(sae.site)
     return s.layer, s.kind
-
-
-def _dense(sae: SAE, acts) -> torch.Tensor:
-    """Activations as dense [..., d_sae]."""
-    if not isinstance(acts, EncoderOutput):
-        return acts
-    out = acts.values.new_zeros(*acts.values.shape[:-1], sae.d_sae)
-    return out.scatter_(-1, acts.indices.long(), acts.values)
 
 
 def lower_features(variants, model: Model) -> tuple[list[tuple], FeatureTable | None]:
@@ -264,35 +255,19 @@ def _rows_hook(sae, F, on, g, md, mean, src, row_start):
         x = sae._flat(act)                                                   # [B, T, W]
         T = x.shape[1]
         undo: list = []
-        a = _gather(sae, sae.encode(x, _undo=undo), F)                       # [B, T, m]
+        a = sae.feature_values(sae.encode(x, _undo=undo), F)                       # [B, T, m]
         target = g[:, None, None] * a                                        # scale, zero
         if mean is not None:
             is_mean = (md == FEATURE_MODES.index("mean"))[:, None, None]
             target = torch.where(is_mean, mean.to(a)[F][:, None, :].expand_as(a), target)
         if src is not None:
-            s_acts = _gather(sae, sae.encode(src, _undo=[]), F)
+            s_acts = sae.feature_values(sae.encode(src, _undo=[]), F)
             target = torch.where((md == FEATURE_MODES.index("patch"))[:, None, None], s_acts,
                                  target)
         pos = torch.arange(T, device=x.device)[None, :] >= row_start[:, None]  # [B, T]
         coef = (target - a) * (on[:, None, :] & pos[:, :, None])             # [B, T, m]
-        delta = torch.einsum("btm,bmd->btd", coef, sae.W_dec[F])             # [B, T, d_in]
-        return (x + _undo_scale(sae, delta, undo[0]).to(x.dtype)).view_as(act)
+        return (x + sae.feature_change(coef, F, undo[0]).to(x.dtype)).view_as(act)
     return fn
-
-
-def _gather(sae: SAE, acts, F: torch.Tensor) -> torch.Tensor:
-    """Activations of features F [B, m] per row: [B, T, m] (TopK: from the kept entries)."""
-    if isinstance(acts, EncoderOutput):
-        hit = acts.indices.long()[..., :, None] == F[:, None, None, :]       # [B, T, k, m]
-        return (acts.values[..., :, None] * hit).sum(-2)
-    return acts.gather(-1, F[:, None, :].expand(-1, acts.shape[1], -1))
-
-
-def _undo_scale(sae: SAE, delta: torch.Tensor, undo) -> torch.Tensor:
-    """A change of the decoder's pre-normalisation output mapped through norm_out (linear)."""
-    if undo is None:
-        return delta
-    return sae._norm_out(delta, undo) - sae._norm_out(torch.zeros_like(delta), undo)
 
 
 def index_feature_edit(table: FeatureTable, k: int, starts: list[int],
@@ -309,7 +284,7 @@ def index_feature_edit(table: FeatureTable, k: int, starts: list[int],
             if s >= x.shape[1]:
                 continue
             undo: list = []
-            acts = _dense(sae, sae.encode(x[b, s:], _undo=undo))             # [T - s, d_sae]
+            acts = sae.dense(sae.encode(x[b, s:], _undo=undo))             # [T - s, d_sae]
             new = acts.clone()
             if mode == "zero":
                 new[:, F] = 0.0
@@ -318,7 +293,7 @@ def index_feature_edit(table: FeatureTable, k: int, starts: list[int],
             elif mode == "mean":
                 new[:, F] = table.means[j][F].to(new)
             else:
-                new[:, F] = _dense(sae, sae.encode(src[b, s:], _undo=[]))[:, F]
+                new[:, F] = sae.dense(sae.encode(src[b, s:], _undo=[]))[:, F]
             change = sae.decode(new, _undo=undo[0]) - sae.decode(acts, _undo=undo[0])
             x[b, s:] = x[b, s:] + change.to(x.dtype)
         return x.view_as(act)

@@ -39,6 +39,28 @@ def test_scores_equal_a_plain_forward_per_text(model):
         torch.testing.assert_close(res.margin[i], score[t] - wrong, atol=1e-4, rtol=1e-4)
 
 
+def test_calibration_subtracts_content_free_scores(model):
+    """calibrate=True: each label's score minus its mean score over "N/A", "" and "[MASK]",
+    each read by a plain forward."""
+    from emofast.eval.recognition import CONTENT_FREE
+    examples = [Example(t, lab) for t, lab in zip(TEXTS, TRUTH)]
+    res = recognize(model, examples, labels=LABELS, calibrate=True, progress=False)
+    cand = label_tokens(model.tokenizer, LABELS)
+
+    def score(text):
+        ids = model.tokenizer(recognition_prompt(model, text), add_special_tokens=False,
+                              return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            last = model.hf(input_ids=ids).logits[0, -1]
+        return torch.stack([last[c].max() for c in cand.values()])
+    prior = torch.stack([score(t) for t in CONTENT_FREE]).mean(0)
+    for i, ex in enumerate(examples):
+        s = score(ex.text) - prior
+        assert res.predicted[i] == LABELS[int(s.argmax())]
+        torch.testing.assert_close(res.log_prob_true[i], s.log_softmax(-1)[LABELS.index(
+            ex.label)], atol=1e-4, rtol=1e-4)
+
+
 def test_label_tokens_drop_shared_first_tokens(model):
     cand = label_tokens(model.tokenizer, LABELS)
     first = {lab: {model.tokenizer(s, add_special_tokens=False)["input_ids"][0]

@@ -1,0 +1,77 @@
+"""Feature attribution against central differences of the exact sweep (FeatureEdit scale
+1 +- eps); the tracing's bookkeeping (phases, curves, k80); the steering choice within its KL
+budget and its matched random control."""
+import pytest
+import torch
+
+from conftest import make_tiny
+from emofast.data import Example
+from emofast.discovery.feature_steering import choose_feature_steering, matched_random
+from emofast.discovery.features import depth_phases, feature_attribution, trace_features
+from emofast.sweeps import FeatureEdit, LogitDiff, sweep
+from oracles import PROMPTS, loud
+from sweeps.test_features import random_sae
+
+LABELS = ("anger", "happiness", "fear", "disgust")   # first letters differ (byte tokenizer)
+TRAIN = [Example(t, lab) for t, lab in [
+    ("I could scream at them.", "anger"), ("They lied again!", "anger"),
+    ("What a lovely day.", "happiness"), ("We won the cup!", "happiness"),
+    ("Something moves in the dark.", "fear"), ("The ice cracked under me.", "fear"),
+    ("The bin smelled rotten.", "disgust"), ("Maggots in the bread.", "disgust")]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return loud(make_tiny("llama"), seed=3)
+
+
+def test_attribution_equals_central_differences(model):
+    saes = [random_sae(model, "L0.resid_post", "topk", seed=1),
+            random_sae(model, "L1.mlp_act", "standard", "constant_norm_rescale", seed=2)]
+    metric = LogitDiff([65, 66], [67])
+    attr = feature_attribution(model, saes, PROMPTS, metric, batch_size=2)
+    eps = 1e-2
+    for sae in saes:
+        top = attr.estimate[sae.site].abs().topk(5).indices.tolist()
+        res = sweep(model, PROMPTS, [[FeatureEdit(sae, [f], "scale", factor=1 + s * eps)]
+                                     for f in top for s in (1, -1)], metric, progress=False)
+        deriv = (res.values[0::2] - res.values[1::2]) / (2 * eps)        # d m / d factor
+        torch.testing.assert_close(attr.estimate[sae.site][top], -deriv, rtol=2e-2, atol=1e-3)
+        assert ((attr.firing[sae.site] >= 0) & (attr.firing[sae.site] <= 1)).all()
+
+
+def test_trace_bookkeeping(model):
+    saes = [random_sae(model, "L0.resid_post", "topk", seed=1),
+            random_sae(model, "L1.resid_post", "jumprelu", seed=4)]
+    assert depth_phases(saes, 3) == {"early": ["L0.resid_post"], "middle": ["L1.resid_post"]}
+    trace = trace_features(model, saes, TRAIN, labels=LABELS, n_candidates=3, progress=False)
+    assert set(trace.per_emotion) == set(LABELS)
+    for t in trace.per_emotion.values():
+        assert len(t.candidates) == 6 and len(t.exact) == 6
+        for name, p in t.phases.items():
+            assert p.curve_k[-1] == len(p.candidates) == 3
+            assert p.exact == sorted(p.exact)
+            if p.k80 is not None:
+                k = p.curve_k.index(p.k80)
+                assert p.curve[k] <= 0.8 * p.all_effect
+                assert all(c > 0.8 * p.all_effect for c in p.curve[:k])
+        assert isinstance(t.to_json()["spearman"], float)
+
+
+def test_choice_within_budget_and_random_control(model):
+    saes = [random_sae(model, "L1.resid_post", "topk", seed=4)]
+    choice = choose_feature_steering(model, saes, TRAIN, ["hello world", "a plain text"],
+                                     labels=LABELS, per_emotion=(1, 2), factors=(2.0, 4.0),
+                                     kl_budget=10.0, progress=False)
+    assert len(choice.candidates) == 4
+    assert choice.chosen is not None and choice.chosen.kl_neutral <= 10.0
+    best = max(c.train_accuracy for c in choice.candidates if c.kl_neutral <= 10.0)
+    assert choice.chosen.train_accuracy == best
+    ctrl = matched_random(choice.steering, choice.firing, seed=1)
+    assert ctrl.factor == choice.steering.factor
+    assert [len(f) for f in ctrl.features] == [len(f) for f in choice.steering.features]
+    assert not set(ctrl.features[0]) & set(choice.steering.features[0])
+    none = choose_feature_steering(model, saes, TRAIN, ["hello world"], labels=LABELS,
+                                   per_emotion=(1,), factors=(50.0,), kl_budget=0.0,
+                                   progress=False)
+    assert none.steering is None and none.chosen is None
