@@ -1,0 +1,261 @@
+"""`emofast features`: SAE emotion features on recognition: phase-stratified causal tracing and
+causal feature steering (after arXiv 2604.25866), as a report folder.
+
+    result = run_features(model, FeaturesConfig(), "emofast-features")   # or .full()
+    result.choice.chosen            # the steering chosen on n training texts per emotion
+
+On the model's SAE set (`emofast sae train` writes it; `saes` names another folder):
+1. tracing (`emofast.discovery.trace_features`): per emotion, on its n training texts, every
+   feature of every SAE screened by attribution, each site's top candidates verified exactly by
+   zero ablation (batched sweep), per phase the all-candidates effect, top-k curve and k80;
+   phases are thirds of the depth (the flow analysis that would place them is not built yet);
+2. steering (`emofast.discovery.choose_feature_steering`): the union of each emotion's most
+   causal features scaled by a factor where they fire, (m, factor) chosen on the training
+   texts within the neutral-KL budget; saved to DIR/steering (`emofast recognize --steer`);
+3. held-out evaluation on each eval set (emo6's test split by default; any labelled JSONL, e.g.
+   the 2510.11328 paper's judged replies): accuracy unsteered, with label-logit calibration
+   (Zhao et al. 2021), steered, and steered with random features matched in site and firing
+   rate (same factor); neutral-text KL and perplexity ratio of both steerings.
+Writes DIR/report.json, PNGs and DIR/index.html.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import report
+from ..data import EMOTIONS6, Example, load_dataset, neutral_sentences
+from ..discovery.feature_steering import (FACTORS, PER_EMOTION, SteeringChoice,
+                                          choose_feature_steering, matched_random)
+from ..discovery.features import FeatureTrace, depth_phases, trace_features
+from ..eval.preservation import lm_preservation
+from ..eval.recognition import recognize
+from ..models import Model
+from ..sae import SAE, load_sae
+from ..sae.formats import cached_sae_folder
+from ._config import check_numbers, checked, option, preset_name, report_folder, writes_report
+
+
+@dataclass
+class FeaturesConfig:
+    """The defaults are the quick preset (about 10 minutes on a 2-core CPU)."""
+    saes: str = option("", "folder of the SAE set, one SAE folder per site (default: the "
+                       "model's set that `emofast sae train` wrote to $EMOFAST_CACHE/saes)")
+    train: str = option("emo6:train", "training texts: DATASET[:SPLIT] (a built-in name or a "
+                        "labelled JSONL; SPLIT filters its 'split' field)")
+    n_train: int = option(5, "training texts per emotion (the paper's few-shot default: 5)")
+    evals: tuple[str, ...] = option(("emo6:test",), "held-out sets, DATASET[:SPLIT] each")
+    n_eval: int = option(20, "held-out texts per emotion and set (fewer if a set has fewer)")
+    n_candidates: int = option(8, "features per SAE verified exactly per emotion")
+    per_emotion: tuple[int, ...] = option(PER_EMOTION, "steering grid: top features per emotion")
+    factors: tuple[float, ...] = option(FACTORS, "steering grid: the factor features are scaled by")
+    kl_budget: float = option(0.1, "largest mean next-token KL on neutral text (nats) a "
+                              "steering may cost")
+    n_neutral: int = option(24, "neutral sentences for the KL and perplexity")
+    batch_size: int = option(8, "texts per forward")
+    seed: int = option(0, "sampling of the held-out texts and the random control")
+    emotions: tuple[str, ...] = option(EMOTIONS6, "the recognition task's labels")
+
+    def __post_init__(self):
+        check_numbers(self, "n_train", "n_eval", "n_candidates", "n_neutral", "batch_size")
+        if not self.per_emotion or min(self.per_emotion) < 1 or not self.factors:
+            raise ValueError("per_emotion (each >= 1) and factors need at least one value")
+        if not self.emotions or set(self.emotions) - set(EMOTIONS6):
+            raise ValueError(f"emotions must be some of {EMOTIONS6}, got {self.emotions}")
+        if self.kl_budget <= 0:
+            raise ValueError(f"kl_budget must be > 0 nats, got {self.kl_budget}")
+
+    @classmethod
+    def full(cls) -> "FeaturesConfig":
+        return dataclasses.replace(cls(), n_eval=40, n_candidates=16,
+                                   per_emotion=(1, 2, 4, 8, 16), factors=(1.5, 2.0, 4.0, 8.0))
+
+
+@dataclass
+class Evaluation:
+    data: str
+    n: int
+    unsteered: dict
+    calibrated: dict
+    steered: dict | None
+    random_control: dict | None
+
+    def accuracies(self) -> dict[str, float | None]:
+        return {k: None if v is None else v["accuracy"] for k, v in (
+            ("unsteered", self.unsteered), ("calibrated", self.calibrated),
+            ("steered", self.steered), ("random_control", self.random_control))}
+
+
+@dataclass
+class FeaturesResult:
+    model: str
+    mode: str
+    config: FeaturesConfig
+    sites: list[str]
+    trace: FeatureTrace
+    choice: SteeringChoice
+    preservation: dict          # "steered" / "random_control": {"kl_neutral", "ppl_change"}
+    evaluations: list[Evaluation]
+    elapsed_s: float
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "mode": self.mode,
+                "config": dataclasses.asdict(self.config), "sites": self.sites,
+                "trace": self.trace.to_json(), "steering": self.choice.to_json(),
+                "preservation": self.preservation,
+                "evaluations": [dataclasses.asdict(e) for e in self.evaluations],
+                "elapsed_s": self.elapsed_s}
+
+
+def sae_set(model: Model, folder: str = "") -> list[SAE]:
+    """Every SAE folder under `folder` (default: the model's cached set), fitted to the model."""
+    root = Path(folder) if folder else cached_sae_folder(model.name, "L0.resid_post").parent
+    subs = sorted(p.parent for p in root.glob("*/cfg.json"))
+    if not subs:
+        raise FileNotFoundError(f"no SAE set at {root} (no */cfg.json): train one with "
+                                "`emofast sae train` (about 15 minutes on a 2-core CPU) or "
+                                "pass saes=FOLDER")
+    return [load_sae(p, model, device=model.device) for p in subs]
+
+
+def labelled(spec: str, emotions, n: int | None, seed: int) -> list[Example]:
+    """DATASET[:SPLIT] -> up to n texts per emotion (a seeded sample; n None: all), grouped by
+    emotion in `emotions` order."""
+    name, _, split = spec.partition(":") if not Path(spec).is_file() else (spec, "", "")
+    examples = load_dataset(name)
+    if split:
+        examples = [e for e in examples if e.meta.get("split") == split]
+        if not examples:
+            raise ValueError(f"{name} has no texts of split {split!r}")
+    out = []
+    for emotion in emotions:
+        mine = [e for e in examples if e.label == emotion]
+        if not mine:
+            raise ValueError(f"{spec} has no texts labelled {emotion!r}")
+        if n is not None and n < len(mine):
+            mine = random.Random(f"{seed}:{emotion}").sample(mine, n)
+        out += mine
+    return out
+
+
+@writes_report
+def run_features(model: Model, config: FeaturesConfig | None = None,
+                 out: str | Path = "emofast-features", *, progress: bool = True
+                 ) -> FeaturesResult:
+    """The whole features report (module docstring)."""
+    cfg = checked(config, FeaturesConfig, "run_features")
+    start, out = report_folder(out)
+    saes = sae_set(model, cfg.saes)
+    emotions = cfg.emotions
+    train = labelled(cfg.train, emotions, cfg.n_train, cfg.seed)
+    neutral = neutral_sentences(cfg.n_neutral)
+    trace = trace_features(model, saes, train, labels=emotions,
+                           phases=depth_phases(saes, model.n_layers),
+                           n_candidates=cfg.n_candidates, batch_size=cfg.batch_size,
+                           progress=progress)
+    choice = choose_feature_steering(
+        model, saes, train, neutral, labels=emotions, per_emotion=cfg.per_emotion,
+        factors=cfg.factors, kl_budget=cfg.kl_budget, batch_size=cfg.batch_size,
+        attributions={e: t.attribution for e, t in trace.per_emotion.items()},
+        progress=progress)
+    control = None
+    preservation = {}
+    if choice.steering is not None:
+        choice.steering.meta.update(model=model.name, train=cfg.train, n_train=cfg.n_train)
+        choice.steering.save(out / "steering")
+        control = matched_random(choice.steering, choice.firing, seed=cfg.seed)
+        pres = lm_preservation(model, neutral, [choice.steering, control],
+                               batch_size=cfg.batch_size)
+        preservation = {name: {"kl_neutral": p.kl_mean, "ppl_change": p.ppl_edited / p.ppl_clean}
+                        for name, p in zip(("steered", "random_control"), pres)}
+    evaluations = [_evaluate(model, spec, labelled(spec, emotions, cfg.n_eval, cfg.seed),
+                             emotions, choice.steering, control, cfg.batch_size, progress)
+                   for spec in cfg.evals]
+    result = FeaturesResult(model.name, preset_name(cfg), cfg, [s.site for s in saes], trace,
+                            choice, preservation, evaluations,
+                            round(time.perf_counter() - start, 1))
+    _plots(out, result)
+    report.write_json(out / "report.json", result.to_json())
+    _write_index(out, result)
+    return result
+
+
+def _evaluate(model, spec, examples, labels, steering, control, batch_size, progress
+              ) -> Evaluation:
+    def run(**kw):
+        return recognize(model, examples, labels=labels, batch_size=batch_size,
+                         progress=progress, **kw).to_json()
+    return Evaluation(spec, len(examples), run(), run(calibrate=True),
+                      None if steering is None else run(intervention=steering),
+                      None if control is None else run(intervention=control))
+
+
+def _plots(out: Path, r: FeaturesResult) -> None:
+    c = r.choice
+    for what, key in (("training accuracy", "train_accuracy"), ("neutral KL (nats)",
+                                                                 "kl_neutral")):
+        curves = {f"top {m} per emotion": [getattr(x, key) for x in c.candidates
+                                           if x.per_emotion == m]
+                  for m in sorted({x.per_emotion for x in c.candidates})}
+        report.plot_layer_curves(out / f"steering_{key}.png", list(r.config.factors), curves,
+                                 xlabel="factor", ylabel=what, ylim=None, mark_best=False,
+                                 title=f"feature steering: {what} over the factor")
+    for phase in r.trace.phases:
+        curves = {e: t.phases[phase].curve for e, t in r.trace.per_emotion.items()}
+        ks = next(iter(r.trace.per_emotion.values())).phases[phase].curve_k
+        report.plot_layer_curves(out / f"trace_{phase}.png", ks, curves, xlabel="k (features "
+                                 "zeroed together)", ylabel="metric change", ylim=None,
+                                 mark_best=False, title=f"{phase} phase: top-k features zeroed "
+                                 "(ablated - clean)")
+    if r.evaluations:
+        groups = [e.data for e in r.evaluations]
+        series = {k: [e.accuracies()[k] or 0.0 for e in r.evaluations]
+                  for k in ("unsteered", "calibrated", "steered", "random_control")}
+        report.plot_bars(out / "recognition.png", groups, series,
+                         title="held-out recognition accuracy", ylabel="accuracy")
+
+
+def _write_index(out: Path, r: FeaturesResult) -> None:
+    S, T = report.Section, report.Table
+    c = r.choice
+    chosen = ("none within the KL budget" if c.chosen is None else
+              f"top {c.chosen.per_emotion} per emotion ({c.chosen.n_features} features), factor "
+              f"{c.chosen.factor:g}: training accuracy {c.chosen.train_accuracy:.2f} (unsteered "
+              f"{c.unsteered_train_accuracy:.2f}), neutral KL {c.chosen.kl_neutral:.3f}")
+    trace_rows = []
+    for e, t in r.trace.per_emotion.items():
+        for name, p in t.phases.items():
+            top = p.candidates[0] if p.candidates else ("-", -1)
+            trace_rows.append([e, name, t.clean, t.spearman, f"{top[0]}#{top[1]}",
+                               p.exact[0] if p.exact else 0.0, p.all_effect,
+                               "-" if p.k80 is None else p.k80, len(p.candidates)])
+    eval_rows = [[e.data, e.n, *[("-" if v is None else v) for v in e.accuracies().values()]]
+                 for e in r.evaluations]
+    pres = [[k, v["kl_neutral"], v["ppl_change"]] for k, v in r.preservation.items()]
+    sections = [
+        S("Causal tracing per emotion and phase",
+          f"Recognition metric: the true label's answer tokens minus the other labels', on "
+          f"{r.config.n_train} training texts per emotion. Candidates: each SAE's top "
+          f"{r.config.n_candidates} features by |attribution|, zero-ablated exactly; Spearman "
+          "of estimate and exact effect over all candidates; k80: features (top by exact "
+          "effect) reaching 80% of zeroing all the phase's candidates. Phases: thirds of depth "
+          f"({r.trace.phases}).",
+          table=T(["emotion", "phase", "clean", "Spearman", "top feature", "its effect",
+                   "all candidates", "k80", "candidates"], trace_rows),
+          images=[f"trace_{p}.png" for p in r.trace.phases]),
+        S("Feature steering", f"Chosen on the training texts: {chosen}. Saved to "
+          "steering/ (emofast recognize --steer DIR/steering).",
+          table=T(["steering", "neutral KL (nats)", "perplexity ratio"], pres),
+          images=["steering_train_accuracy.png", "steering_kl_neutral.png"]),
+        S("Held-out recognition", "Accuracy unsteered, with label-logit calibration, with the "
+          "chosen steering, and with random features matched in site and firing rate at the "
+          "same factor (the control the steering must beat).",
+          table=T(["data", "n", "unsteered", "calibrated", "steered", "random control"],
+                  eval_rows), images=["recognition.png"] if r.evaluations else []),
+    ]
+    report.write_index(out, f"emofast features: {r.model}", sections)
