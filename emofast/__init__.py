@@ -18,7 +18,8 @@ from .discovery import (assemble_circuit, attribution_screen, discover_emotion, 
                         importance_prompts, rank_neurons, sublayer_importance, unit_scores,
                         verify_top)
 from .eval import EmotionJudge, distinct_n, lm_preservation, recognize, select_steering
-from .interventions import Circuit, Intervention, Modulation, Steering, generate
+from .interventions import (Circuit, FeatureSteering, Intervention, Modulation, Steering,
+                            generate, load_steering)
 from .models import DEFAULT_MODEL, Model, load_model
 from .sae import SAE, SAETrainConfig, evaluate_sae, load_corpus, load_sae, save_sae, train_saes
 from .sites import KINDS, Scope, Site, hooks, parse_layers, parse_site, sites_for
@@ -26,13 +27,13 @@ from .sweeps import (KL, Edit, FeatureEdit, LogitDiff, LogProb, ProbeProb, Proje
                      Variant, steer_grid, sweep)
 
 __all__ = ["DEFAULT_MODEL", "EMOTIONS6", "KINDS", "KL", "Circuit", "Edit", "EmotionDirections",
-           "EmotionJudge", "FeatureEdit", "Intervention", "LinearProbe", "LogProb", "LogitDiff", "Model",
+           "EmotionJudge", "FeatureEdit", "FeatureSteering", "Intervention", "LinearProbe", "LogProb", "LogitDiff", "Model",
            "Modulation", "ProbeProb", "Projection", "SAE", "SAETrainConfig", "Scope", "Site", "Steer", "Steering",
            "SweepResult", "Variant", "assemble_circuit", "attribution_screen",
            "cross_model_alignment", "default_directions", "diff_of_means", "discover_emotion",
            "distinct_n", "emotion_metrics", "emotion_pca", "evaluate_sae", "example_activations", "fit_probe",
            "generate", "hooks", "importance_prompts", "layer_separability", "lm_preservation",
-           "load_corpus", "load_dataset", "load_model", "load_sae", "load_skeletons", "neutral_sentences", "parse_layers",
+           "load_corpus", "load_dataset", "load_model", "load_sae", "load_steering", "load_skeletons", "neutral_sentences", "parse_layers",
            "parse_site", "principal_angles", "prompt_activations", "rank_neurons", "recognize",
            "save_sae", "select_steering", "sev_directions", "sev_prompts", "sites_for", "steer_grid",
            "sublayer_importance", "subspace_overlap", "sweep", "train_saes", "text_activations",

@@ -7,6 +7,7 @@ import random
 
 import torch
 
+from emofast.sae import SAE
 from emofast.sweeps import KL, Edit, LogitDiff, LogProb, Projection, Steer, sweep
 
 PROMPTS = ["hello there", "a", "the quick brown fox", "abc def", "xyzzy!"]  # 1..19 tokens
@@ -184,3 +185,19 @@ class Interrupting(LogitDiff):
             raise KeyboardInterrupt
         self.rows += r.logits.shape[0]
         return super().__call__(r)
+
+
+def random_sae(model, site, architecture, norm="none", seed=0):
+    """A 48-latent SAE with random weights at `site` of `model` (topk: k 6)."""
+    kind = site.split(".")[1]
+    d_in = {"mlp_act": model.d_mlp, "attn_z": model.n_heads * model.d_head}.get(kind,
+                                                                               model.d_model)
+    sae = SAE(d_in, 48, architecture=architecture, k=6 if architecture == "topk" else None,
+              site=site, normalize_activations=norm)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        if architecture == "jumprelu":
+            sae.threshold.copy_(torch.rand(48, generator=g) * 0.3)
+    return sae

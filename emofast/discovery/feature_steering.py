@@ -4,13 +4,20 @@
     choice.steering                  # a FeatureSteering (or None: nothing within the KL budget)
     control = matched_random(choice.steering, choice.firing, seed=0)
 
-From n labelled training texts per emotion: per emotion, `feature_attribution` of the recognition
-metric (the true label's answer tokens against the other labels') ranks every feature of every
-SAE by how much zeroing it would lower the metric (the features that carry the emotion's
-prediction). The steering scales the union of each emotion's top m features by a factor
-wherever they fire: a label-free intervention (at run time it needs no label). m and the factor
+From n labelled training texts per emotion: per emotion e, `feature_attribution` of e's
+recognition metric (e's answer tokens against the other labels') on every training text gives
+each feature's first-order gain G_e(t, f) = d metric_e / d (scale of f) on text t, what scaling
+f up would add to e's answer there. A feature is specific to e when scaling it helps e on e's
+texts and not on the others: its score is mean G_e over e's texts minus mean G_e over the other
+texts, and each emotion ranks every feature of every SAE by it. Features that fire on a prompt's first real token are left out: that position is
+the attention sink, with activations hundreds of times the others', which the SAEs never saw in
+training (`emofast sae train` skips first tokens); scaling them there wrecks the model (measured:
+neutral KL 0.2 to 0.8 nats for one such feature at factor 2). The steering scales the union of
+each emotion's top m remaining features by a factor wherever they fire: a label-free
+intervention (at run time it needs no label). m and the factor
 are chosen on the training texts only: the best training accuracy among the grid points whose
-mean next-token KL on neutral text is within `kl_budget` nats (ties: the lower KL).
+mean next-token KL on neutral text is within `kl_budget` nats (ties: the lower KL), and only if
+it beats the unsteered model there (else no steering is chosen).
 
 `matched_random` is the control that the steering must beat to count as causal: as many random
 features per site as the steering scales there, each the nearest in firing rate among the
@@ -33,7 +40,7 @@ from ..sae import SAE
 from .features import FeatureAttribution, _distinct_sites, feature_attribution, label_metric
 
 PER_EMOTION = (1, 2, 4, 8)
-FACTORS = (2.0, 4.0, 8.0)
+FACTORS = (2.0, 4.0, 8.0, 16.0)
 
 
 class Candidate(NamedTuple):
@@ -51,7 +58,7 @@ class SteeringChoice(NamedTuple):
     candidates: list[Candidate]
     unsteered_train_accuracy: float
     kl_budget: float
-    ranking: dict[str, list[tuple[str, int, float]]]   # emotion -> (site, feature, estimate)
+    ranking: dict[str, list[tuple[str, int, float]]]   # emotion -> (site, feature, specificity)
     firing: dict[str, torch.Tensor]                     # site -> [d_sae] mean firing rate
 
     def to_json(self) -> dict:
@@ -59,20 +66,29 @@ class SteeringChoice(NamedTuple):
                 "candidates": [c._asdict() for c in self.candidates],
                 "unsteered_train_accuracy": self.unsteered_train_accuracy,
                 "kl_budget": self.kl_budget,
-                "top_features": {e: [{"site": s, "feature": f, "estimate": v}
+                "top_features": {e: [{"site": s, "feature": f, "specificity": v}
                                      for s, f, v in r[:8]] for e, r in self.ranking.items()}}
 
 
 def emotion_attributions(model: Model, saes: Sequence[SAE], examples: Sequence[Example],
-                         labels: Sequence[str] = EMOTIONS6, batch_size: int = 8
-                         ) -> dict[str, FeatureAttribution]:
-    """Per emotion with examples: the feature attribution of its recognition metric."""
+                         labels: Sequence[str] = EMOTIONS6, batch_size: int = 8,
+                         progress: bool = False) -> dict[str, FeatureAttribution]:
+    """Per label: the feature attribution of its recognition metric on every example."""
+    prompts = [recognition_prompt(model, ex.text) for ex in examples]
+    return {e: feature_attribution(model, saes, prompts, label_metric(model, e, labels),
+                                   batch_size=batch_size)
+            for e in tqdm(labels, desc="feature attribution", disable=not progress)}
+
+
+def specificity(attrs: dict[str, FeatureAttribution], truth: Sequence[str]
+                ) -> dict[str, dict[str, torch.Tensor]]:
+    """emotion -> site -> [d_sae]: mean gain on the emotion's texts minus on the others'
+    (gain = -estimate: what scaling the feature up adds to the emotion's metric)."""
     out = {}
-    for e in labels:
-        prompts = [recognition_prompt(model, ex.text) for ex in examples if ex.label == e]
-        if prompts:
-            out[e] = feature_attribution(model, saes, prompts, label_metric(model, e, labels),
-                                         batch_size=batch_size)
+    for e, a in attrs.items():
+        mine = torch.tensor([t == e for t in truth])
+        out[e] = {site: (-per[mine]).mean(0) - (-per[~mine]).mean(0)
+                  for site, per in a.per_prompt.items()}
     return out
 
 
@@ -81,9 +97,11 @@ def choose_feature_steering(model: Model, saes: Sequence[SAE], train: Sequence[E
                             per_emotion: Sequence[int] = PER_EMOTION,
                             factors: Sequence[float] = FACTORS, kl_budget: float = 0.1,
                             attributions: dict[str, FeatureAttribution] | None = None,
-                            batch_size: int = 8, progress: bool = True) -> SteeringChoice:
-    """See the module docstring; `attributions` (emotion -> FeatureAttribution on `train`)
-    skips the screen when already computed."""
+                            require_gain: bool = True, batch_size: int = 8,
+                            progress: bool = True) -> SteeringChoice:
+    """See the module docstring; `attributions` (emotion -> FeatureAttribution of its metric on
+    every text of `train`, `emotion_attributions`) skips the screen when already computed;
+    require_gain=False also accepts a steering that does not beat the unsteered model."""
     saes = _distinct_sites(saes)
     by_site = {s.site: s for s in saes}
     missing = sorted(set(labels) - {ex.label for ex in train})
@@ -91,12 +109,15 @@ def choose_feature_steering(model: Model, saes: Sequence[SAE], train: Sequence[E
         raise ValueError(f"choose_feature_steering: no training texts for {missing}")
     if not per_emotion or not factors or min(per_emotion) < 1:
         raise ValueError("per_emotion (>= 1) and factors need at least one value each")
-    attrs = attributions or emotion_attributions(model, saes, train, labels, batch_size)
+    attrs = attributions or emotion_attributions(model, saes, train, labels, batch_size,
+                                                 progress)
     ranking = {}
-    for e, a in attrs.items():
-        flat = [(site, f, float(v)) for site, est in a.estimate.items()
-                for f, v in enumerate(est.tolist())]
-        ranking[e] = sorted(flat, key=lambda r: r[2])[:max(per_emotion)]   # most negative first
+    sink = {s: torch.stack([a.first_firing[s] for a in attrs.values()]).amax(0) > 0
+            for s in by_site}
+    for e, per_site in specificity(attrs, [ex.label for ex in train]).items():
+        flat = [(site, f, float(v)) for site, score in per_site.items()
+                for f, v in enumerate(score.tolist()) if not sink[site][f]]
+        ranking[e] = sorted(flat, key=lambda r: -r[2])[:max(per_emotion)]  # most specific first
     firing = {s: torch.stack([a.firing[s] for a in attrs.values()]).mean(0) for s in by_site}
     base = recognize(model, train, labels=labels, batch_size=batch_size, progress=False)
     cands, steerings = [], {}
@@ -113,7 +134,8 @@ def choose_feature_steering(model: Model, saes: Sequence[SAE], train: Sequence[E
         cands.append(Candidate(m, float(g), st.n_features(), rec.accuracy, pres.kl_mean,
                                pres.ppl_edited / pres.ppl_clean))
         steerings[(m, g)] = st
-    ok = [c for c in cands if c.kl_neutral <= kl_budget]
+    ok = [c for c in cands if c.kl_neutral <= kl_budget
+          and (c.train_accuracy > base.accuracy or not require_gain)]
     chosen = max(ok, key=lambda c: (c.train_accuracy, -c.kl_neutral)) if ok else None
     steering = None if chosen is None else steerings[(chosen.per_emotion, chosen.factor)]
     if steering is not None:

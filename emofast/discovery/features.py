@@ -9,7 +9,7 @@ prompt batch: with the SAEs spliced in with their error terms (which leaves the 
 the model's), the metric's gradient g at an SAE's site gives each feature's
 gradient x activation, sum over real tokens of a_f (W_dec[f] . J g) (J: the SAE's output
 normalisation), and its zero-ablation estimate, the negative of that. It also counts how often each
-feature fires on the prompts (matched random controls need it).
+feature fires on the prompts (matched random controls need it) and on their first real token.
 
 `trace_features` does it per emotion on recognition prompts (the true label's first answer tokens
 against the other labels', `LogitDiff`), keeps each site's `n_candidates` features of largest
@@ -45,6 +45,9 @@ class FeatureAttribution(NamedTuple):
     estimate: dict[str, torch.Tensor]   # site -> [d_sae] fp32
     firing: dict[str, torch.Tensor]     # site -> [d_sae] fp32, share of real tokens with a_f > 0
     clean: float                        # the clean metric, mean over prompts
+    first_firing: dict[str, torch.Tensor] | None = None  # site -> [d_sae] share of prompts
+    #                                     whose first real token (the attention sink) fires it
+    per_prompt: dict[str, torch.Tensor] | None = None    # site -> [n_prompts, d_sae] estimates
 
     def to_json(self, top: int = 20) -> dict:
         out = {"clean": self.clean, "sites": {}}
@@ -61,8 +64,9 @@ def feature_attribution(model: Model, saes: Sequence[SAE], prompts: Sequence[str
     if metric.reads != "logits":
         raise ValueError("feature_attribution screens a logit metric (LogitDiff, LogProb)")
     saes = _distinct_sites(saes)
-    est = {s.site: torch.zeros(s.d_sae, dtype=torch.float64) for s in saes}
+    est = {s.site: [] for s in saes}
     fired = {s.site: torch.zeros(s.d_sae, dtype=torch.float64) for s in saes}
+    first = {s.site: torch.zeros(s.d_sae, dtype=torch.float64) for s in saes}
     n_real, clean = 0, 0.0
     batches = encode_batches(model, prompts, batch_size)
     for b in batches:
@@ -86,13 +90,16 @@ def feature_attribution(model: Model, saes: Sequence[SAE], prompts: Sequence[str
                 a = sae.dense(sae.encode(x, _undo=undo)).float() * real[..., None]  # [B, T, d_sae]
                 g = torch.zeros_like(x) if g is None else sae._flat(g)
                 proj = sae.output_jacobian(g.float(), undo[0]) @ sae.W_dec.float().T
-                est[sae.site] -= (a * proj).sum((0, 1)).double().cpu()
+                est[sae.site].append(-(a * proj).sum(1).double().cpu())          # [B, d_sae]
                 fired[sae.site] += (a > 0).sum((0, 1)).double().cpu()
+                first[sae.site] += (a[torch.arange(len(a)), b.pad] > 0).sum(0).double().cpu()
         n_real += int(real.sum())
         clean += float(values.detach().sum())
     n = batches[-1].stop
-    return FeatureAttribution({k: (v / n).float() for k, v in est.items()},
-                              {k: (v / n_real).float() for k, v in fired.items()}, clean / n)
+    per = {k: torch.cat(v).float() for k, v in est.items()}
+    return FeatureAttribution({k: v.mean(0) for k, v in per.items()},
+                              {k: (v / n_real).float() for k, v in fired.items()}, clean / n,
+                              {k: (v / n).float() for k, v in first.items()}, per)
 
 
 def _distinct_sites(saes: Sequence[SAE]) -> list[SAE]:

@@ -11,7 +11,8 @@ On the model's SAE set (`emofast sae train` writes it; `saes` names another fold
    phases are thirds of the depth (the flow analysis that would place them is not built yet);
 2. steering (`emofast.discovery.choose_feature_steering`): the union of each emotion's most
    causal features scaled by a factor where they fire, (m, factor) chosen on the training
-   texts within the neutral-KL budget; saved to DIR/steering (`emofast recognize --steer`);
+   texts within the neutral-KL budget (only when it beats the unsteered model there); saved to
+   DIR/steering (`emofast recognize --steer`);
 3. held-out evaluation on each eval set (emo6's test split by default; any labelled JSONL, e.g.
    the 2510.11328 paper's judged replies): accuracy unsteered, with label-logit calibration
    (Zhao et al. 2021), steered, and steered with random features matched in site and firing
@@ -60,6 +61,8 @@ class FeaturesConfig:
     batch_size: int = option(8, "texts per forward")
     seed: int = option(0, "sampling of the held-out texts and the random control")
     emotions: tuple[str, ...] = option(EMOTIONS6, "the recognition task's labels")
+    require_gain: bool = option(True, "choose a steering only if it beats the unsteered "
+                                "model on the training texts")
 
     def __post_init__(self):
         check_numbers(self, "n_train", "n_eval", "n_candidates", "n_neutral", "batch_size")
@@ -73,7 +76,7 @@ class FeaturesConfig:
     @classmethod
     def full(cls) -> "FeaturesConfig":
         return dataclasses.replace(cls(), n_eval=40, n_candidates=16,
-                                   per_emotion=(1, 2, 4, 8, 16), factors=(1.5, 2.0, 4.0, 8.0))
+                                   per_emotion=(1, 2, 4, 8, 16), factors=(1.5, 2.0, 4.0, 8.0, 16.0, 32.0))
 
 
 @dataclass
@@ -160,9 +163,8 @@ def run_features(model: Model, config: FeaturesConfig | None = None,
                            progress=progress)
     choice = choose_feature_steering(
         model, saes, train, neutral, labels=emotions, per_emotion=cfg.per_emotion,
-        factors=cfg.factors, kl_budget=cfg.kl_budget, batch_size=cfg.batch_size,
-        attributions={e: t.attribution for e, t in trace.per_emotion.items()},
-        progress=progress)
+        factors=cfg.factors, kl_budget=cfg.kl_budget, require_gain=cfg.require_gain,
+        batch_size=cfg.batch_size, progress=progress)
     control = None
     preservation = {}
     if choice.steering is not None:

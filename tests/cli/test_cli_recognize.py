@@ -1,9 +1,12 @@
-"""`emofast recognize` on a tiny model: metrics.json with the documented keys; bad labels refused."""
+"""`emofast recognize` on a tiny model: metrics.json with the documented keys, with a saved
+feature steering too; bad labels refused."""
 import json
 
 import emofast.cli as cli
 import emofast.cli.common
 from conftest import make_tiny
+from emofast.interventions import FeatureSteering
+from oracles import random_sae
 
 
 def test_recognize_writes_metrics(monkeypatch, tmp_path, capsys):
@@ -27,8 +30,6 @@ def test_recognize_writes_metrics(monkeypatch, tmp_path, capsys):
 
 
 def test_recognize_with_a_saved_steering(monkeypatch, tmp_path):
-    from emofast.interventions import FeatureSteering
-    from sweeps.test_features import random_sae
     model = make_tiny("llama")
     monkeypatch.setattr(emofast.cli.common, "load", lambda args: model)
     FeatureSteering({random_sae(model, "L1.resid_post", "topk"): [1, 2, 3]}, 4.0).save(

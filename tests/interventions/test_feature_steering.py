@@ -7,8 +7,7 @@ import torch
 from conftest import make_tiny
 from emofast.interventions import FeatureSteering, load_steering
 from emofast.sweeps import KL, FeatureEdit, sweep
-from oracles import PROMPTS, loud
-from sweeps.test_features import random_sae
+from oracles import PROMPTS, loud, random_sae
 
 
 @pytest.fixture(scope="module")

@@ -10,24 +10,9 @@ import torch
 from conftest import make_tiny
 from emofast.sae import SAE
 from emofast.sweeps import KL, Edit, FeatureEdit, LogitDiff, Projection, Steer, sweep
-from oracles import PROMPTS, SCOPES, by_hand, loud, run_both, scale_tol
+from oracles import PROMPTS, SCOPES, by_hand, loud, random_sae, run_both, scale_tol
 
 SOURCES = ["jello where", "b", "the quick brown fix", "abd deg", "xyzzy?"]  # same lengths
-
-
-def random_sae(model, site, architecture, norm="none", seed=0):
-    kind = site.split(".")[1]
-    d_in = {"mlp_act": model.d_mlp, "attn_z": model.n_heads * model.d_head}.get(kind,
-                                                                               model.d_model)
-    sae = SAE(d_in, 48, architecture=architecture, k=6 if architecture == "topk" else None,
-              site=site, normalize_activations=norm)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-        if architecture == "jumprelu":
-            sae.threshold.copy_(torch.rand(48, generator=g) * 0.3)
-    return sae
 
 
 def saes_for(model):
