@@ -5,10 +5,14 @@ causal feature steering (after arXiv 2604.25866), as a report folder.
     result.choice.chosen            # the steering chosen on n training texts per emotion
 
 On the model's SAE set (`emofast sae train` writes it; `saes` names another folder):
+0. the flow over depth (`emofast.analysis.feature_flow`): per SAE layer, the features selective
+   for syntactic token classes, for the text's topic and for its emotion (AUROC against a
+   label-permutation null at a 5% false-discovery rate), beside linear-probe accuracies, the
+   phases they imply and shared versus emotion-specific features, on emo6 training texts;
 1. tracing (`emofast.discovery.trace_features`): per emotion, on its n training texts, every
    feature of every SAE screened by attribution, each site's top candidates verified exactly by
-   zero ablation (batched sweep), per phase the all-candidates effect, top-k curve and k80;
-   phases are thirds of the depth (the flow analysis that would place them is not built yet);
+   zero ablation (batched sweep), per phase (from the flow) the all-candidates effect, top-k
+   curve and k80;
 2. steering (`emofast.discovery.choose_feature_steering`): the union of each emotion's most
    causal features scaled by a factor where they fire, (m, factor) chosen on the training
    texts within the neutral-KL budget (only when it beats the unsteered model there); saved to
@@ -33,7 +37,8 @@ from .. import report
 from ..data import EMOTIONS6, Example, load_dataset, neutral_sentences
 from ..discovery.feature_steering import (FACTORS, PER_EMOTION, SteeringChoice,
                                           choose_feature_steering, matched_random)
-from ..discovery.features import FeatureTrace, depth_phases, trace_features
+from ..analysis.feature_flow import KINDS, FeatureFlow, feature_flow
+from ..discovery.features import FeatureTrace, trace_features
 from ..eval.preservation import lm_preservation
 from ..eval.recognition import recognize
 from ..models import Model
@@ -52,6 +57,11 @@ class FeaturesConfig:
     n_train: int = option(5, "training texts per emotion (the paper's few-shot default: 5)")
     evals: tuple[str, ...] = option(("emo6:test",), "held-out sets, DATASET[:SPLIT] each")
     n_eval: int = option(20, "held-out texts per emotion and set (fewer if a set has fewer)")
+    flow_data: str = option("emo6:train", "texts of the flow analysis: DATASET[:SPLIT] with a "
+                            "'topic' field")
+    n_flow: int = option(20, "flow texts per emotion")
+    n_permutations: int = option(5, "label permutations of the flow's null")
+    fdr: float = option(0.05, "the flow's false-discovery rate")
     n_candidates: int = option(8, "features per SAE verified exactly per emotion")
     per_emotion: tuple[int, ...] = option(PER_EMOTION, "steering grid: top features per emotion")
     factors: tuple[float, ...] = option(FACTORS, "steering grid: the factor features are scaled by")
@@ -65,7 +75,10 @@ class FeaturesConfig:
                                 "model on the training texts")
 
     def __post_init__(self):
-        check_numbers(self, "n_train", "n_eval", "n_candidates", "n_neutral", "batch_size")
+        check_numbers(self, "n_train", "n_eval", "n_candidates", "n_neutral", "batch_size",
+                      "n_flow", "n_permutations")
+        if not 0 < self.fdr < 1:
+            raise ValueError(f"fdr must be in (0, 1), got {self.fdr}")
         if not self.per_emotion or min(self.per_emotion) < 1 or not self.factors:
             raise ValueError("per_emotion (each >= 1) and factors need at least one value")
         if not self.emotions or set(self.emotions) - set(EMOTIONS6):
@@ -75,7 +88,7 @@ class FeaturesConfig:
 
     @classmethod
     def full(cls) -> "FeaturesConfig":
-        return dataclasses.replace(cls(), n_eval=40, n_candidates=16,
+        return dataclasses.replace(cls(), n_eval=40, n_candidates=16, n_flow=80, n_permutations=10,
                                    per_emotion=(1, 2, 4, 8, 16), factors=(1.5, 2.0, 4.0, 8.0, 16.0, 32.0))
 
 
@@ -100,6 +113,7 @@ class FeaturesResult:
     mode: str
     config: FeaturesConfig
     sites: list[str]
+    flow: FeatureFlow
     trace: FeatureTrace
     choice: SteeringChoice
     preservation: dict          # "steered" / "random_control": {"kl_neutral", "ppl_change"}
@@ -109,7 +123,7 @@ class FeaturesResult:
     def to_json(self) -> dict:
         return {"model": self.model, "mode": self.mode,
                 "config": dataclasses.asdict(self.config), "sites": self.sites,
-                "trace": self.trace.to_json(), "steering": self.choice.to_json(),
+                "flow": self.flow.to_json(), "trace": self.trace.to_json(), "steering": self.choice.to_json(),
                 "preservation": self.preservation,
                 "evaluations": [dataclasses.asdict(e) for e in self.evaluations],
                 "elapsed_s": self.elapsed_s}
@@ -157,8 +171,10 @@ def run_features(model: Model, config: FeaturesConfig | None = None,
     emotions = cfg.emotions
     train = labelled(cfg.train, emotions, cfg.n_train, cfg.seed)
     neutral = neutral_sentences(cfg.n_neutral)
-    trace = trace_features(model, saes, train, labels=emotions,
-                           phases=depth_phases(saes, model.n_layers),
+    flow = feature_flow(model, saes, labelled(cfg.flow_data, emotions, cfg.n_flow, cfg.seed),
+                        emotions=emotions, n_permutations=cfg.n_permutations, fdr=cfg.fdr,
+                        batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
+    trace = trace_features(model, saes, train, labels=emotions, phases=flow.phases,
                            n_candidates=cfg.n_candidates, batch_size=cfg.batch_size,
                            progress=progress)
     choice = choose_feature_steering(
@@ -178,7 +194,8 @@ def run_features(model: Model, config: FeaturesConfig | None = None,
     evaluations = [_evaluate(model, spec, labelled(spec, emotions, cfg.n_eval, cfg.seed),
                              emotions, choice.steering, control, cfg.batch_size, progress)
                    for spec in cfg.evals]
-    result = FeaturesResult(model.name, preset_name(cfg), cfg, [s.site for s in saes], trace,
+    result = FeaturesResult(model.name, preset_name(cfg), cfg, [s.site for s in saes], flow,
+                            trace,
                             choice, preservation, evaluations,
                             round(time.perf_counter() - start, 1))
     _plots(out, result)
@@ -198,6 +215,16 @@ def _evaluate(model, spec, examples, labels, steering, control, batch_size, prog
 
 
 def _plots(out: Path, r: FeaturesResult) -> None:
+    layers = [l.layer for l in r.flow.layers]
+    phases = ", ".join(f"{k}: {' '.join(s.split('.')[0] for s in v)}"
+                       for k, v in r.flow.phases.items())
+    for name, key, ylabel in (("flow_shares", "shares", "share of live features"),
+                              ("flow_counts", "counts", "selective features"),
+                              ("flow_probes", "probe", "probe accuracy (held out)")):
+        report.plot_layer_curves(out / f"{name}.png", layers,
+                                 {k: [getattr(l, key)[k] for l in r.flow.layers] for k in KINDS},
+                                 ylabel=ylabel, ylim=None, mark_best=False,
+                                 title=f"feature flow ({phases})")
     c = r.choice
     for what, key in (("training accuracy", "train_accuracy"), ("neutral KL (nats)",
                                                                  "kl_neutral")):
@@ -239,13 +266,28 @@ def _write_index(out: Path, r: FeaturesResult) -> None:
     eval_rows = [[e.data, e.n, *[("-" if v is None else v) for v in e.accuracies().values()]]
                  for e in r.evaluations]
     pres = [[k, v["kl_neutral"], v["ppl_change"]] for k, v in r.preservation.items()]
+    flow_rows = [[l.site, l.n_live, *[l.counts[k] for k in KINDS],
+                  *[l.thresholds[k] for k in KINDS], *[l.probe[k] for k in KINDS], l.n_shared,
+                  *[f"{v['n']} ({v['strength']:.2f})" if v["strength"] is not None else "0"
+                    for v in l.specific.values()]] for l in r.flow.layers]
+    emotions = list(r.flow.layers[0].specific) if r.flow.layers else []
     sections = [
+        S("Feature flow over depth", f"Per SAE layer on {r.flow.n_texts} texts "
+          f"({r.flow.n_tokens} tokens): features selective for syntactic token classes "
+          "(token level), topic and emotion (text level, max over tokens), by one-vs-rest AUROC "
+          f"above the threshold at FDR {r.flow.fdr} against label permutations; probe accuracy "
+          "of the SAE's input for the same labels; phases: each layer takes the kind whose share "
+          f"(divided by its maximum over layers) is largest: {r.flow.phases}. Specific: "
+          "features selective for exactly one emotion, n (mean AUROC); shared: several.",
+          table=T(["site", "live", *[f"{k} n" for k in KINDS], *[f"{k} t" for k in KINDS],
+                   *[f"{k} probe" for k in KINDS], "shared", *emotions], flow_rows),
+          images=["flow_shares.png", "flow_counts.png", "flow_probes.png"]),
         S("Causal tracing per emotion and phase",
           f"Recognition metric: the true label's answer tokens minus the other labels', on "
           f"{r.config.n_train} training texts per emotion. Candidates: each SAE's top "
           f"{r.config.n_candidates} features by |attribution|, zero-ablated exactly; Spearman "
           "of estimate and exact effect over all candidates; k80: features (top by exact "
-          "effect) reaching 80% of zeroing all the phase's candidates. Phases: thirds of depth "
+          "effect) reaching 80% of zeroing all the phase's candidates. Phases: from the flow "
           f"({r.trace.phases}).",
           table=T(["emotion", "phase", "clean", "Spearman", "top feature", "its effect",
                    "all candidates", "k80", "candidates"], trace_rows),

@@ -21,17 +21,20 @@ def test_features_writes_its_report(tmp_path, monkeypatch):
         save_sae(random_sae(model, site, arch, seed=len(site)), tmp_path / "saes" / site)
     cfg = FeaturesConfig(saes=str(tmp_path / "saes"), n_train=2, n_eval=2, n_candidates=2,
                          per_emotion=(1, 2), factors=(2.0,), kl_budget=50.0, n_neutral=3,
-                         require_gain=False,
+                         require_gain=False, n_flow=3, n_permutations=2,
                          emotions=EMOTIONS)
     r = run_features(model, cfg, tmp_path / "f", progress=False)
     saved = json.loads((tmp_path / "f" / "report.json").read_text())
     assert saved["sites"] == ["L0.resid_post", "L2.resid_post"] and r.mode == "custom"
     assert set(saved["trace"]["per_emotion"]) == set(EMOTIONS)
-    assert saved["trace"]["phases"] == {"early": ["L0.resid_post"], "late": ["L2.resid_post"]}
+    assert saved["trace"]["phases"] == saved["flow"]["phases"]
+    assert [l["site"] for l in saved["flow"]["layers"]] == saved["sites"]
     [ev] = saved["evaluations"]
     assert ev["data"] == "emo6:test" and ev["n"] == 8
     assert set(ev) >= {"unsteered", "calibrated", "steered", "random_control"}
-    for png in ("recognition.png", "steering_train_accuracy.png", "trace_early.png"):
+    phase = next(iter(saved["flow"]["phases"]))
+    for png in ("recognition.png", "steering_train_accuracy.png", f"trace_{phase}.png",
+                "flow_shares.png", "flow_probes.png"):
         assert (tmp_path / "f" / png).is_file()
     assert "Held-out recognition" in (tmp_path / "f" / "index.html").read_text()
     # the saved steering is what emofast recognize --steer applies
@@ -55,7 +58,8 @@ def test_missing_sae_set_says_how_to_train_one(tmp_path):
 @pytest.mark.parametrize("bad, match", [(dict(emotions=("joy",)), "emotions must be some of"),
                                         (dict(n_train=0), "n_train must be an integer >= 1"),
                                         (dict(per_emotion=()), "per_emotion"),
-                                        (dict(kl_budget=0.0), "kl_budget must be > 0")])
+                                        (dict(kl_budget=0.0), "kl_budget must be > 0"),
+                                        (dict(fdr=1.0), "fdr must be in")])
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         FeaturesConfig(**bad)
