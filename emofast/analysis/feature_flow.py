@@ -28,6 +28,9 @@ takes the kind with the largest normalised share; a phase is the set of layers o
 Shared versus specific: an emotion-selective feature is specific when exactly one emotion
 reaches the threshold, shared when several do; per emotion, the number of its specific features
 and their mean AUROC (their strength).
+
+`feature_directions` turns each emotion's highest-AUROC features into a steering direction: the
+unit sum of their decoder rows (what adding the features does to the residual stream).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from ..data import Example
 from ..models import Model
 from ..sae import SAE
 from ..sites import parse_site
+from .directions import EmotionDirections
 from .probes import fit_probe, train_test_split
 
 KINDS = ("syntactic", "semantic", "emotional")
@@ -82,6 +86,7 @@ class FlowLayer(NamedTuple):
     probe: dict[str, float]         # kind -> held-out probe accuracy of the SAE's input
     specific: dict[str, dict]       # emotion -> {"n", "strength"} of its specific features
     n_shared: int                   # emotion-selective features with several emotions
+    top_features: dict[str, list]   # emotion -> [(feature, AUROC)], its 8 highest, any feature
 
 
 class FeatureFlow(NamedTuple):
@@ -185,10 +190,14 @@ def feature_flow(model: Model, saes: Sequence[SAE], examples: Sequence[Example],
                         "strength": float(e_auc[i][e_sel[i] & only].mean())
                         if (e_sel[i] & only).any() else None}
                     for i, e in enumerate(emotions)}
+        live_ids = live.nonzero().squeeze(1)
+        top = {e: [(int(live_ids[j]), float(e_auc[i][j])) for j in
+                   e_auc[i].nan_to_num(0.0).topk(min(8, e_auc.shape[1])).indices.tolist()]
+               for i, e in enumerate(emotions)}
         layers.append(FlowLayer(sae.site, parse_site(sae.site).layer, n_live, counts,
                                 {k: c / max(n_live, 1) for k, c in counts.items()}, t,
                                 _probes(x, tok_class, text_of, topics, emo, seed),
-                                specific, int((e_sel.sum(0) > 1).sum())))
+                                specific, int((e_sel.sum(0) > 1).sum()), top))
     return FeatureFlow(layers, _phases(layers), fdr, len(texts), len(tok_class))
 
 
@@ -251,3 +260,24 @@ def _phases(layers: list[FlowLayer]) -> dict[str, list[str]]:
     for l in layers:
         out[max(KINDS, key=lambda k: l.shares[k] / peak[k])].append(l.site)
     return {k: v for k, v in out.items() if v}
+
+
+def feature_directions(flow: FeatureFlow, saes: list[SAE], emotions: list[str], k: int = 4
+                       ) -> tuple[EmotionDirections, dict[str, int]]:
+    """Per emotion, the unit sum of the decoder rows of its k highest-AUROC features at the
+    resid_post SAE layer where their mean AUROC is highest; (directions, emotion -> layer)."""
+    by_site = {s.site: s for s in saes}
+    layers = [l for l in flow.layers if parse_site(l.site).kind == "resid_post"]
+    if not layers:
+        raise ValueError("feature steering adds decoder directions to resid_post: the SAE set "
+                         "has no resid_post SAE")
+    vec, where = {}, {}
+    for e in emotions:
+        best = max(layers, key=lambda l: sum(a for _, a in l.top_features[e][:k]))
+        rows = by_site[best.site].W_dec.detach()[[f for f, _ in best.top_features[e][:k]]]
+        v = rows.float().sum(0).cpu()
+        vec[e], where[e] = v / v.norm(), best.layer
+    at = sorted(set(where.values()))
+    vectors = torch.stack([torch.stack([vec[e] for e in emotions]) for _ in at])  # [L, E, d]
+    return EmotionDirections(vectors, emotions, at, meta={"kind": "SAE decoder directions",
+                                                          "k": k}), where

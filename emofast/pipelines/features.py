@@ -20,7 +20,14 @@ On the model's SAE set (`emofast sae train` writes it; `saes` names another fold
 3. held-out evaluation on each eval set (emo6's test split by default; any labelled JSONL, e.g.
    the 2510.11328 paper's judged replies): accuracy unsteered, with label-logit calibration
    (Zhao et al. 2021), steered, and steered with random features matched in site and firing
-   rate (same factor); neutral-text KL and perplexity ratio of both steerings.
+   rate (same factor); neutral-text KL and perplexity ratio of both steerings;
+4. three controls of emotion expression at matched damage (`emofast.eval.matched_damage`), on
+   held-out sev6 prompts with the offline judge: residual steering (the sev6 directions over
+   layers 0.4-0.57 of depth, rms-scaled), circuit modulation (each emotion's circuit of 512
+   neurons and 24 heads by `unit_scores`, no sublayer restriction) and SAE feature steering
+   (adding the normalised sum of the decoder rows of the emotion's 4 highest-AUROC features of
+   the flow, at the SAE layer where they are strongest, rms-scaled), each over its strengths:
+   judge accuracy against neutral KL, and each one's best accuracy at KL <= 0.1, 0.3, 1.0.
 Writes DIR/report.json, PNGs and DIR/index.html.
 """
 from __future__ import annotations
@@ -34,13 +41,20 @@ from pathlib import Path
 import torch
 
 from .. import report
-from ..data import EMOTIONS6, Example, load_dataset, neutral_sentences
+from ..analysis import default_directions
+from ..analysis.feature_flow import KINDS, FeatureFlow, feature_directions, feature_flow
+from ..analysis.units import unit_differences
+from ..data import EMOTIONS6, Example, load_dataset, load_skeletons, neutral_sentences
+from ..discovery import assemble_circuit, unit_scores
 from ..discovery.feature_steering import (FACTORS, PER_EMOTION, SteeringChoice,
                                           choose_feature_steering, matched_random)
-from ..analysis.feature_flow import KINDS, FeatureFlow, feature_flow
 from ..discovery.features import FeatureTrace, trace_features
+from ..eval.control import steering_configs
+from ..eval.judge import EmotionJudge
+from ..eval.matched_damage import BUDGETS, MatchedDamage, matched_damage
 from ..eval.preservation import lm_preservation
 from ..eval.recognition import recognize
+from ..interventions import Modulation, Steering
 from ..models import Model
 from ..sae import SAE, load_sae
 from ..sae.formats import cached_sae_folder
@@ -71,18 +85,33 @@ class FeaturesConfig:
     batch_size: int = option(8, "texts per forward")
     seed: int = option(0, "sampling of the held-out texts and the random control")
     emotions: tuple[str, ...] = option(EMOTIONS6, "the recognition task's labels")
+    controls: bool = option(True, "compare the three controls of expression at matched damage "
+                            "(needs all six emotions)")
+    n_control_skeletons: int = option(2, "held-out sev6 skeletons for the controls (3 prompts "
+                                      "each)")
+    n_unit_skeletons: int = option(4, "train sev6 skeletons for the modulation's unit "
+                                   "differences")
+    steer_alphas: tuple[float, ...] = option((0.25, 0.5, 1.0, 2.0), "residual and feature "
+                                             "steering strengths (rms-scaled)")
+    modulation_alphas: tuple[float, ...] = option((0.5, 1.0, 2.0, 4.0), "circuit modulation "
+                                                  "strengths")
+    max_new_tokens: int = option(20, "reply length of the controls")
     require_gain: bool = option(True, "choose a steering only if it beats the unsteered "
                                 "model on the training texts")
 
     def __post_init__(self):
         check_numbers(self, "n_train", "n_eval", "n_candidates", "n_neutral", "batch_size",
-                      "n_flow", "n_permutations")
+                      "n_flow", "n_permutations", "n_control_skeletons", "n_unit_skeletons",
+                      "max_new_tokens")
         if not 0 < self.fdr < 1:
             raise ValueError(f"fdr must be in (0, 1), got {self.fdr}")
         if not self.per_emotion or min(self.per_emotion) < 1 or not self.factors:
             raise ValueError("per_emotion (each >= 1) and factors need at least one value")
         if not self.emotions or set(self.emotions) - set(EMOTIONS6):
             raise ValueError(f"emotions must be some of {EMOTIONS6}, got {self.emotions}")
+        if self.controls and tuple(self.emotions) != EMOTIONS6:
+            raise ValueError("controls compare all six emotions: give controls=False with a "
+                             "subset of emotions")
         if self.kl_budget <= 0:
             raise ValueError(f"kl_budget must be > 0 nats, got {self.kl_budget}")
 
@@ -118,6 +147,7 @@ class FeaturesResult:
     choice: SteeringChoice
     preservation: dict          # "steered" / "random_control": {"kl_neutral", "ppl_change"}
     evaluations: list[Evaluation]
+    controls: MatchedDamage | None
     elapsed_s: float
 
     def to_json(self) -> dict:
@@ -126,6 +156,7 @@ class FeaturesResult:
                 "flow": self.flow.to_json(), "trace": self.trace.to_json(), "steering": self.choice.to_json(),
                 "preservation": self.preservation,
                 "evaluations": [dataclasses.asdict(e) for e in self.evaluations],
+                "controls": None if self.controls is None else self.controls.to_json(),
                 "elapsed_s": self.elapsed_s}
 
 
@@ -194,14 +225,40 @@ def run_features(model: Model, config: FeaturesConfig | None = None,
     evaluations = [_evaluate(model, spec, labelled(spec, emotions, cfg.n_eval, cfg.seed),
                              emotions, choice.steering, control, cfg.batch_size, progress)
                    for spec in cfg.evals]
+    controls = _controls(model, cfg, flow, saes, neutral, progress) if cfg.controls else None
     result = FeaturesResult(model.name, preset_name(cfg), cfg, [s.site for s in saes], flow,
-                            trace,
-                            choice, preservation, evaluations,
+                            trace, choice, preservation, evaluations, controls,
                             round(time.perf_counter() - start, 1))
     _plots(out, result)
     report.write_json(out / "report.json", result.to_json())
     _write_index(out, result)
     return result
+
+
+def _controls(model: Model, cfg: FeaturesConfig, flow: FeatureFlow, saes: list[SAE],
+              neutral: list[str], progress: bool) -> MatchedDamage:
+    """The three controls of section 4 of the module docstring."""
+    emotions = list(EMOTIONS6)
+    dirs = default_directions(model, progress=progress)
+    window = steering_configs(((0.4, 0.57, 1.0),), model.n_layers)[0][0]
+    train = load_skeletons("sev6", split="train")
+    diffs = unit_differences(model, train[:cfg.n_unit_skeletons], progress=progress)
+    circuits = {e: assemble_circuit(*unit_scores(model, dirs, diffs, e), 512, 24)
+                for e in emotions}
+    fdirs, flayer = feature_directions(flow, saes, emotions)
+    methods = {
+        "residual steering": lambda rows: Steering.rows(
+            dirs, [(e, window, a) for e, a in rows], model.n_layers, scale="rms"),
+        "circuit modulation": lambda rows: Modulation.rows(diffs, circuits, rows),
+        "feature steering": lambda rows: Steering.rows(
+            fdirs, [(e, [flayer[e]] if e else [], a) for e, a in rows], model.n_layers,
+            scale="rms")}
+    strengths = {"residual steering": cfg.steer_alphas,
+                 "circuit modulation": cfg.modulation_alphas,
+                 "feature steering": cfg.steer_alphas}
+    return matched_damage(model, EmotionJudge.load(), methods, strengths,
+                          load_skeletons("sev6", split="test")[:cfg.n_control_skeletons],
+                          neutral, max_new_tokens=cfg.max_new_tokens, progress=progress)
 
 
 def _evaluate(model, spec, examples, labels, steering, control, batch_size, progress
@@ -241,6 +298,14 @@ def _plots(out: Path, r: FeaturesResult) -> None:
                                  "zeroed together)", ylabel="metric change", ylim=None,
                                  mark_best=False, title=f"{phase} phase: top-k features zeroed "
                                  "(ablated - clean)")
+    if r.controls is not None:
+        report.plot_scatter_2d(
+            out / "controls.png",
+            torch.tensor([[k, a] for c in r.controls.curves.values()
+                          for k, a in zip(c.kl, c.accuracy)]),
+            [name for name, c in r.controls.curves.items() for _ in c.kl],
+            title="emotion expression vs damage (each point a strength)",
+            xlabel="neutral next-token KL (nats)", ylabel="judge accuracy")
     if r.evaluations:
         groups = [e.data for e in r.evaluations]
         series = {k: [e.accuracies()[k] or 0.0 for e in r.evaluations]
@@ -302,4 +367,17 @@ def _write_index(out: Path, r: FeaturesResult) -> None:
           table=T(["data", "n", "unsteered", "calibrated", "steered", "random control"],
                   eval_rows), images=["recognition.png"] if r.evaluations else []),
     ]
+    if r.controls is not None:
+        md = r.controls
+        rows = [[name, *[("-" if md.at(b)[name] is None else md.at(b)[name]) for b in BUDGETS],
+                 ", ".join(f"{s:g}: {a:.2f} @ {k:.2f}" for s, a, k in
+                           zip(c.strengths, c.accuracy, c.kl))]
+                for name, c in md.curves.items()]
+        sections.append(S(
+            "Three controls at matched damage", f"Emotion expression on {md.n_prompts} held-out "
+            "sev6 prompts per emotion (offline judge; unsteered accuracy "
+            f"{md.unsteered:.2f}): each control's best mean accuracy among the strengths whose "
+            "mean neutral next-token KL is within the budget ('-': none is).",
+            table=T(["control", *[f"at KL {b:g}" for b in BUDGETS],
+                     "strength: accuracy @ KL"], rows), images=["controls.png"]))
     report.write_index(out, f"emofast features: {r.model}", sections)

@@ -47,7 +47,7 @@ def test_token_classes():
 def test_phase_rule():
     def layer(site, syn, sem, emo):
         return FlowLayer(site, 0, 10, {}, {"syntactic": syn, "semantic": sem, "emotional": emo},
-                         {}, {}, {}, 0)
+                         {}, {}, {}, 0, {})
     layers = [layer("L0.x", 0.5, 0.1, 0.0), layer("L1.x", 0.3, 0.4, 0.1),
               layer("L2.x", 0.1, 0.2, 0.2)]
     # normalised: L0 (1, .25, 0) -> syntactic; L1 (.6, 1, .5) -> semantic; L2 (.2, .5, 1)
@@ -69,6 +69,26 @@ def test_feature_flow_end_to_end():
                                                                   "emotional"}
         assert all(0.5 <= t <= 1.0 for t in l.thresholds.values())
         assert 0.0 <= l.probe["syntactic"] <= 1.0
+        for e, top in l.top_features.items():     # AUROC order, real feature ids
+            assert [a for _, a in top] == sorted((a for _, a in top), reverse=True)
+            assert all(0 <= f < 48 for f, _ in top)
     assert sorted(s for v in flow.phases.values() for s in v) == ["L0.resid_post",
                                                                    "L2.resid_post"]
     assert set(flow.to_json()) >= {"phases", "layers", "fdr"}
+
+
+def test_feature_directions_follow_the_rule():
+    from emofast.analysis.feature_flow import feature_directions
+    model = make_tiny("llama")
+    saes = [random_sae(model, "L0.resid_post", "topk", seed=1),
+            random_sae(model, "L2.resid_post", "topk", seed=2)]
+    examples = [e for e in load_dataset("emo6") if e.meta.get("split") == "train"][::20]
+    flow = feature_flow(model, saes, examples, n_permutations=1, progress=False)
+    emotions = sorted({e.label for e in examples})
+    dirs, where = feature_directions(flow, saes, emotions, k=3)
+    for e in emotions:
+        best = max(flow.layers, key=lambda l: sum(a for _, a in l.top_features[e][:3]))
+        assert where[e] == best.layer
+        sae = saes[[s.site for s in saes].index(best.site)]
+        v = sae.W_dec.detach()[[f for f, _ in best.top_features[e][:3]]].sum(0)
+        torch.testing.assert_close(dirs.get(e, best.layer), v / v.norm())

@@ -21,7 +21,7 @@ def test_features_writes_its_report(tmp_path, monkeypatch):
         save_sae(random_sae(model, site, arch, seed=len(site)), tmp_path / "saes" / site)
     cfg = FeaturesConfig(saes=str(tmp_path / "saes"), n_train=2, n_eval=2, n_candidates=2,
                          per_emotion=(1, 2), factors=(2.0,), kl_budget=50.0, n_neutral=3,
-                         require_gain=False, n_flow=3, n_permutations=2,
+                         require_gain=False, n_flow=3, n_permutations=2, controls=False,
                          emotions=EMOTIONS)
     r = run_features(model, cfg, tmp_path / "f", progress=False)
     saved = json.loads((tmp_path / "f" / "report.json").read_text())
@@ -51,11 +51,13 @@ def test_features_writes_its_report(tmp_path, monkeypatch):
 
 def test_missing_sae_set_says_how_to_train_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="emofast sae train"):
-        run_features(make_tiny("llama"), FeaturesConfig(saes=str(tmp_path), emotions=EMOTIONS),
+        run_features(make_tiny("llama"), FeaturesConfig(saes=str(tmp_path), emotions=EMOTIONS,
+                                                        controls=False),
                      tmp_path / "f", progress=False)
 
 
 @pytest.mark.parametrize("bad, match", [(dict(emotions=("joy",)), "emotions must be some of"),
+                                        (dict(emotions=EMOTIONS), "controls compare all six"),
                                         (dict(n_train=0), "n_train must be an integer >= 1"),
                                         (dict(per_emotion=()), "per_emotion"),
                                         (dict(kl_budget=0.0), "kl_budget must be > 0"),
