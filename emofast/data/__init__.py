@@ -112,6 +112,15 @@ def read_lines(path: str | Path) -> list[str]:
     return read_text(path).splitlines()
 
 
+def read_json(path: str | Path):
+    """A UTF-8 JSON file's value; bad JSON names the file and line."""
+    path = Path(path)
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; bad JSON or bytes name file and
     line."""

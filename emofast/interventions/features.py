@@ -17,7 +17,6 @@ SAE's safetensors and cfg.json, `emofast.sae.save_sae`), so it applies on its ow
 """
 from __future__ import annotations
 
-import json
 import math
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from ..data import read_text
+from ..data import read_json
 from ..report.files import write_json
 from ..sae import SAE, load_sae, save_sae
 from ..sites import Scope
@@ -136,13 +135,9 @@ class FeatureSteering(Intervention):
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not a saved steering: no steering.json (write "
                                     "one with FeatureSteering.save or `emofast features`)")
-        try:
-            cfg = json.loads(read_text(path))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-        if cfg.get("kind") != KIND or not isinstance(cfg.get("sites"), dict):
-            raise ValueError(f"{path}: kind {cfg.get('kind')!r}, expected {KIND!r} with "
-                             "'sites'")
+        cfg = read_json(path)
+        if not isinstance(cfg, dict) or cfg.get("kind") != KIND or not isinstance(cfg.get("sites"), dict):
+            raise ValueError(f"{path}: expected a JSON object of kind {KIND!r} with 'sites'")
         features = {}
         for site, feats in cfg["sites"].items():
             sae = load_sae(folder / "saes" / site, model)

@@ -91,8 +91,10 @@ class FeaturesConfig:
                                       "each)")
     n_unit_skeletons: int = option(4, "train sev6 skeletons for the modulation's unit "
                                    "differences")
-    steer_alphas: tuple[float, ...] = option((0.25, 0.5, 1.0, 2.0), "residual and feature "
-                                             "steering strengths (rms-scaled)")
+    steer_alphas: tuple[float, ...] = option((0.25, 0.5, 1.0, 2.0), "residual steering "
+                                             "strengths (rms-scaled)")
+    feature_alphas: tuple[float, ...] = option((0.5, 1.0, 2.0, 4.0, 8.0), "SAE feature-"
+                                               "direction steering strengths (rms-scaled)")
     modulation_alphas: tuple[float, ...] = option((0.5, 1.0, 2.0, 4.0), "circuit modulation "
                                                   "strengths")
     max_new_tokens: int = option(20, "reply length of the controls")
@@ -117,8 +119,10 @@ class FeaturesConfig:
 
     @classmethod
     def full(cls) -> "FeaturesConfig":
-        return dataclasses.replace(cls(), n_eval=40, n_candidates=16, n_flow=80, n_permutations=10,
-                                   per_emotion=(1, 2, 4, 8, 16), factors=(1.5, 2.0, 4.0, 8.0, 16.0, 32.0))
+        return dataclasses.replace(
+            cls(), n_eval=40, n_candidates=16, n_flow=80, n_permutations=10,
+            n_control_skeletons=6, n_unit_skeletons=12, per_emotion=(1, 2, 4, 8, 16),
+            factors=(1.5, 2.0, 4.0, 8.0, 16.0, 32.0))
 
 
 @dataclass
@@ -148,6 +152,7 @@ class FeaturesResult:
     preservation: dict          # "steered" / "random_control": {"kl_neutral", "ppl_change"}
     evaluations: list[Evaluation]
     controls: MatchedDamage | None
+    stage_s: dict[str, float]
     elapsed_s: float
 
     def to_json(self) -> dict:
@@ -157,6 +162,7 @@ class FeaturesResult:
                 "preservation": self.preservation,
                 "evaluations": [dataclasses.asdict(e) for e in self.evaluations],
                 "controls": None if self.controls is None else self.controls.to_json(),
+                "stage_s": self.stage_s,
                 "elapsed_s": self.elapsed_s}
 
 
@@ -202,13 +208,16 @@ def run_features(model: Model, config: FeaturesConfig | None = None,
     emotions = cfg.emotions
     train = labelled(cfg.train, emotions, cfg.n_train, cfg.seed)
     neutral = neutral_sentences(cfg.n_neutral)
-    flow = feature_flow(model, saes, labelled(cfg.flow_data, emotions, cfg.n_flow, cfg.seed),
-                        emotions=emotions, n_permutations=cfg.n_permutations, fdr=cfg.fdr,
-                        batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
-    trace = trace_features(model, saes, train, labels=emotions, phases=flow.phases,
-                           n_candidates=cfg.n_candidates, batch_size=cfg.batch_size,
-                           progress=progress)
-    choice = choose_feature_steering(
+    clock = report.Stopwatch()
+    flow = clock.run("flow", feature_flow, model, saes,
+                     labelled(cfg.flow_data, emotions, cfg.n_flow, cfg.seed), emotions=emotions,
+                     n_permutations=cfg.n_permutations, fdr=cfg.fdr, batch_size=cfg.batch_size,
+                     seed=cfg.seed, progress=progress)
+    trace = clock.run("tracing", trace_features, model, saes, train, labels=emotions,
+                      phases=flow.phases, n_candidates=cfg.n_candidates,
+                      batch_size=cfg.batch_size, progress=progress)
+    choice = clock.run(
+        "steering choice", choose_feature_steering,
         model, saes, train, neutral, labels=emotions, per_emotion=cfg.per_emotion,
         factors=cfg.factors, kl_budget=cfg.kl_budget, require_gain=cfg.require_gain,
         batch_size=cfg.batch_size, progress=progress)
@@ -222,13 +231,15 @@ def run_features(model: Model, config: FeaturesConfig | None = None,
                                batch_size=cfg.batch_size)
         preservation = {name: {"kl_neutral": p.kl_mean, "ppl_change": p.ppl_edited / p.ppl_clean}
                         for name, p in zip(("steered", "random_control"), pres)}
-    evaluations = [_evaluate(model, spec, labelled(spec, emotions, cfg.n_eval, cfg.seed),
-                             emotions, choice.steering, control, cfg.batch_size, progress)
+    evaluations = [clock.run("held-out recognition", _evaluate, model, spec,
+                             labelled(spec, emotions, cfg.n_eval, cfg.seed), emotions,
+                             choice.steering, control, cfg.batch_size, progress)
                    for spec in cfg.evals]
-    controls = _controls(model, cfg, flow, saes, neutral, progress) if cfg.controls else None
+    controls = clock.run("controls", _controls, model, cfg, flow, saes, neutral,
+                         progress) if cfg.controls else None
     result = FeaturesResult(model.name, preset_name(cfg), cfg, [s.site for s in saes], flow,
                             trace, choice, preservation, evaluations, controls,
-                            round(time.perf_counter() - start, 1))
+                            clock.seconds, round(time.perf_counter() - start, 1))
     _plots(out, result)
     report.write_json(out / "report.json", result.to_json())
     _write_index(out, result)
@@ -255,7 +266,7 @@ def _controls(model: Model, cfg: FeaturesConfig, flow: FeatureFlow, saes: list[S
             scale="rms")}
     strengths = {"residual steering": cfg.steer_alphas,
                  "circuit modulation": cfg.modulation_alphas,
-                 "feature steering": cfg.steer_alphas}
+                 "feature steering": cfg.feature_alphas}
     return matched_damage(model, EmotionJudge.load(), methods, strengths,
                           load_skeletons("sev6", split="test")[:cfg.n_control_skeletons],
                           neutral, max_new_tokens=cfg.max_new_tokens, progress=progress)

@@ -22,13 +22,12 @@ Every malformed folder is one ValueError naming the file and what was wrong.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
-from ..data import read_text
+from ..data import read_json
 from ..models.embedded import cache_dir
 from ..report.files import load_tensors, save_tensors, write_json
 from ..sites import parse_site
@@ -149,11 +148,9 @@ def save_sae(sae: SAE, folder: str | Path, *, format: str = "saelens",
 
 def _cfg(path: Path) -> dict:
     try:
-        cfg = json.loads(read_text(path))
+        cfg = read_json(path)
     except FileNotFoundError:
         raise ValueError(f"{path} is missing") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return cfg

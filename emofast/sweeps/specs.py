@@ -11,14 +11,14 @@ variant or a projection metric needs it (the command loads the cached sev6 direc
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..analysis.directions import EmotionDirections
 from ..analysis.probes import LinearProbe
-from ..data import BUILTIN, load_dataset, load_skeletons, read_jsonl, read_lines, read_text, sev_prompts
+from ..data import (BUILTIN, load_dataset, load_skeletons, read_json, read_jsonl, read_lines,
+                    sev_prompts)
 from ..models import Model
 from ..sites import parse_layers
 from ..validation import finite, integer, positive_int, text
@@ -96,10 +96,7 @@ def variants_from_spec(spec: str, model: Model, mode: str = "zero", *,
     if not path.is_file():
         raise FileNotFoundError(f"variants {spec!r} is not 'heads', 'neurons:LAYERS', "
                                 "'steer:EMOTIONS:LAYERS' or a JSON file")
-    try:
-        items = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    items = read_json(path)
     if not isinstance(items, list) or not items:
         raise ValueError(f"{path}: expected a non-empty JSON list of {{\"edits\": [...]}}")
     return [_variant_from_json(item, f"{path}: variant {i}", mode, directions)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from emofast.sae import SAE
+from emofast.sae import SAE, load_sae
 from emofast.sweeps import KL, Edit, FeatureEdit, LogitDiff, Projection, Steer, sweep
 from oracles import PROMPTS, SCOPES, by_hand, loud, random_sae, run_both, scale_tol
 
@@ -240,3 +240,29 @@ def test_errors():
         sweep(model, PROMPTS, [[FeatureEdit(a, [1], "patch")]], KL(), progress=False)
     with pytest.raises(TypeError, match="single FeatureEdit"):
         sweep(model, PROMPTS, [FeatureEdit(a, [1])], KL(), progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scope", ["all", "last"])
+def test_real_model_equals_plain_hf(smollm, scope):
+    """SmolLM2 with a trained default-set SAE when one is cached (else a random one) at
+    L24.resid_post and a random standard SAE on L10's MLP activations: both engines == the
+    plain-HF oracle with the SAEs written out by hand."""
+    from emofast.sae.formats import cached_sae_folder
+    folder = cached_sae_folder(smollm.name, "L24.resid_post")
+    late = (load_sae(folder, smollm) if (folder / "cfg.json").is_file() else
+            random_sae(smollm, "L24.resid_post", "topk", seed=1))
+    mlp = random_sae(smollm, "L10.mlp_act", "standard", "constant_norm_rescale", seed=2)
+    prompts = ["I can't believe they cancelled my flight again.", "Thank you for the flowers!",
+               "The report is due on Friday."]
+    variants = [[], [FeatureEdit(late, [3, 17, 40])], [FeatureEdit(late, [5], "scale", factor=4.0)],
+                [FeatureEdit(mlp, [0, 1, 2], "mean")],
+                [FeatureEdit(mlp, [7], "scale", factor=-2.0), FeatureEdit(late, [9], "mean")]]
+    for metric in (KL(), LogitDiff([9906], [3187])):
+        want = feature_oracle(smollm, prompts, variants, metric, scope)
+        if isinstance(metric, KL):
+            assert (want[1:].abs().amax(1) > 1e-5).all(), "an edit changed nothing"
+        for engine in ("batched", "loop"):
+            got = sweep(smollm, prompts, variants, metric, engine=engine, scope=scope,
+                        progress=False).per_prompt.double()
+            torch.testing.assert_close(got, want, atol=scale_tol(want), rtol=0)

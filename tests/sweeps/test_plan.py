@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from emofast.kernels import cpp
-from emofast.sweeps.plan import ABLATION_MODES, MODES, SITES, Add, Edit, Plan, Variant, plan_sweep
+from emofast.sweeps.plan import (ABLATION_MODES, MODES, SITES, TABLE_SITES, Add, Edit, Plan,
+                                 Variant, plan_sweep)
 
 HAS_CPP = cpp.has("plan_sweep")
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="emofast._C with plan_sweep not built")
@@ -23,7 +24,7 @@ def random_sweep(seed: int):
     rng = random.Random(seed)
     n_layers = rng.randint(1, 6)
     n_units = {"mlp_act": rng.randint(1, 70), "attn_z": rng.randint(1, 9),
-               "resid_post": rng.randint(1, 20)}
+               "resid_post": rng.randint(1, 20), "sae": rng.randint(1, 12)}
     n_prompts, bpr = rng.randint(1, 3), 100
     facts = dict(n_layers=n_layers, n_units=n_units, seq_len=9, n_prompts=n_prompts,
                  bytes_per_row_per_layer=bpr,
@@ -33,16 +34,18 @@ def random_sweep(seed: int):
         edits = []
         for _ in range(rng.randint(0, 3)):
             site = rng.choice(SITES)
-            if site == "resid_post":
-                e = Add(rng.randrange(n_layers), rng.randrange(n_units[site]), 3 * rng.randrange(3))
+            if site in TABLE_SITES:
+                e = Add(rng.randrange(n_layers), rng.randrange(n_units[site]), 3 * rng.randrange(3),
+                        site)
             else:
                 e = Edit(rng.randrange(n_layers), site,
                          [rng.randrange(n_units[site]) for _ in range(rng.randint(1, 4))],
                          "zero" if rng.random() < 0.5 else rng.choice(ABLATION_MODES),
                          3 * rng.randrange(3))
-            # one mode and pos_start per (layer, site) within a variant, one addition per layer
+            # one mode and pos_start per (layer, site) within a variant, one addition per
+            # (layer, table site)
             if all((o.layer, o.site) != (e.layer, e.site) or (o.mode, o.pos_start) ==
-                   (e.mode, e.pos_start) and e.site != "resid_post" for o in edits):
+                   (e.mode, e.pos_start) and e.site not in TABLE_SITES for o in edits):
                 edits.append(e)
         variants.append(Variant(edits))
     return variants, facts
@@ -69,7 +72,7 @@ def check_invariants(variants, facts, plan: Plan):
             assert c.pos_start == min((e.pos_start for e in edits), default=0)
         for (layer, site), block in c.blocks.items():
             assert block.pos_start.shape == (len(ids),)
-            if site == "resid_post":  # additions: one entry per row, no mask
+            if site in TABLE_SITES:  # additions: one entry per row, no mask
                 assert block.mode == "add" and block.mask is None
                 assert block.entries.dtype == torch.int64 and block.entries.shape == (len(ids),)
                 rows = {r: {int(block.entries[r])} for r in range(len(ids))
