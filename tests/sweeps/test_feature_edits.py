@@ -255,9 +255,20 @@ def test_real_model_equals_plain_hf(smollm, scope):
     mlp = random_sae(smollm, "L10.mlp_act", "standard", "constant_norm_rescale", seed=2)
     prompts = ["I can't believe they cancelled my flight again.", "Thank you for the flowers!",
                "The report is due on Friday."]
-    variants = [[], [FeatureEdit(late, [3, 17, 40])], [FeatureEdit(late, [5], "scale", factor=4.0)],
-                [FeatureEdit(mlp, [0, 1, 2], "mean")],
-                [FeatureEdit(mlp, [7], "scale", factor=-2.0), FeatureEdit(late, [9], "mean")]]
+    def active(sae):
+        """The SAE's features by activation summed over the prompts' edited positions."""
+        seen = []
+        with smollm.hooks({sae.site: lambda act, site: seen.append(act.detach())}):
+            for p in prompts:
+                ids = smollm.tokenizer(p, return_tensors="pt")["input_ids"]
+                smollm.forward(ids, torch.ones_like(ids))
+        x = torch.cat([a[0, -1:] if scope == "last" else a[0, 1:] for a in seen])
+        return sae.dense(sae.encode(sae._flat(x))).sum(0).argsort(descending=True).tolist()
+    hot, warm = active(late), active(mlp)
+    variants = [[], [FeatureEdit(late, hot[:3])], [FeatureEdit(late, hot[3:4], "scale", factor=4.0)],
+                [FeatureEdit(mlp, warm[:3], "mean")],
+                [FeatureEdit(mlp, warm[3:4], "scale", factor=-2.0),
+                 FeatureEdit(late, hot[-1:], "mean")]]
     for metric in (KL(), LogitDiff([9906], [3187])):
         want = feature_oracle(smollm, prompts, variants, metric, scope)
         if isinstance(metric, KL):
