@@ -41,3 +41,20 @@ def test_batched_equals_loop_bf16(gpu, family):
     loop, batched = run_both(model, variants, LogitDiff([65, 66], [67]), "last", batch_size=2)
     tol = 2 ** -6 * max(1.0, loop.per_prompt.abs().max().item())
     torch.testing.assert_close(batched.per_prompt, loop.per_prompt, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("scope", ["all", "last"])
+def test_feature_edits_on_cuda_equal_the_cpu_oracle(gpu, scope):
+    """SAE feature edits on CUDA (the Triton sae_encode inside the forward): both engines ==
+    the plain-HF oracle with the SAEs written out by hand, run on CPU."""
+    from sweeps.test_feature_edits import feature_oracle, feature_variants
+    model = loud(make_tiny("llama"))
+    variants = feature_variants(model, per_edit=False)
+    want = feature_oracle(model, PROMPTS, variants, KL(), scope)
+    model.hf.to(gpu)
+    for v in variants:
+        for e in v:
+            e.sae.to(gpu)
+    for res in run_both(model, variants, KL(), scope, batch_size=2):
+        torch.testing.assert_close(res.per_prompt.double().cpu(), want,
+                                   atol=scale_tol(want), rtol=0)
