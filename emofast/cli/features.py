@@ -33,7 +33,10 @@ def run(args) -> int:
         print(f"steering: top {c.chosen.per_emotion} per emotion ({c.chosen.n_features} "
               f"features) x{c.chosen.factor:g}; training accuracy "
               f"{c.unsteered_train_accuracy:.2f} -> {c.chosen.train_accuracy:.2f}, neutral KL "
-              f"{c.chosen.kl_neutral:.3f}; saved to {Path(args.out) / 'steering'}")
+              f"{c.chosen.kl_neutral:.3f}"
+              + ("" if c.chosen.train_accuracy > c.unsteered_train_accuracy else
+                 " (does not beat the unsteered model on the training texts)")
+              + f"; saved to {Path(args.out) / 'steering'}")
     print(f"{'data':<34} {'plain':>6} {'calib':>6} {'steer':>6} {'random':>6}")
     for e in r.evaluations:
         acc = e.accuracies()

@@ -63,6 +63,8 @@ class SteeringChoice(NamedTuple):
 
     def to_json(self) -> dict:
         return {"chosen": None if self.chosen is None else self.chosen._asdict(),
+                "beats_unsteered": None if self.chosen is None else
+                self.chosen.train_accuracy > self.unsteered_train_accuracy,
                 "candidates": [c._asdict() for c in self.candidates],
                 "unsteered_train_accuracy": self.unsteered_train_accuracy,
                 "kl_budget": self.kl_budget,

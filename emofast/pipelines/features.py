@@ -15,8 +15,8 @@ On the model's SAE set (`emofast sae train` writes it; `saes` names another fold
    curve and k80;
 2. steering (`emofast.discovery.choose_feature_steering`): the union of each emotion's most
    causal features scaled by a factor where they fire, (m, factor) chosen on the training
-   texts within the neutral-KL budget (only when it beats the unsteered model there); saved to
-   DIR/steering (`emofast recognize --steer`);
+   texts within the neutral-KL budget (flagged when it does not beat the unsteered model there;
+   require_gain=True then chooses none); saved to DIR/steering (`emofast recognize --steer`);
 3. held-out evaluation on each eval set (emo6's test split by default; any labelled JSONL, e.g.
    the 2510.11328 paper's judged replies): accuracy unsteered, with label-logit calibration
    (Zhao et al. 2021), steered, and steered with random features matched in site and firing
@@ -98,8 +98,9 @@ class FeaturesConfig:
     modulation_alphas: tuple[float, ...] = option((0.5, 1.0, 2.0, 4.0), "circuit modulation "
                                                   "strengths")
     max_new_tokens: int = option(20, "reply length of the controls")
-    require_gain: bool = option(True, "choose a steering only if it beats the unsteered "
-                                "model on the training texts")
+    require_gain: bool = option(False, "choose a steering only if it beats the unsteered "
+                                "model on the training texts (default: the best within the "
+                                "KL budget, flagged when it does not)")
 
     def __post_init__(self):
         check_numbers(self, "n_train", "n_eval", "n_candidates", "n_neutral", "batch_size",
@@ -224,7 +225,9 @@ def run_features(model: Model, config: FeaturesConfig | None = None,
     control = None
     preservation = {}
     if choice.steering is not None:
-        choice.steering.meta.update(model=model.name, train=cfg.train, n_train=cfg.n_train)
+        choice.steering.meta.update(
+            model=model.name, train=cfg.train, n_train=cfg.n_train,
+            beats_unsteered=choice.chosen.train_accuracy > choice.unsteered_train_accuracy)
         choice.steering.save(out / "steering")
         control = matched_random(choice.steering, choice.firing, seed=cfg.seed)
         pres = lm_preservation(model, neutral, [choice.steering, control],
@@ -331,7 +334,9 @@ def _write_index(out: Path, r: FeaturesResult) -> None:
     chosen = ("none within the KL budget" if c.chosen is None else
               f"top {c.chosen.per_emotion} per emotion ({c.chosen.n_features} features), factor "
               f"{c.chosen.factor:g}: training accuracy {c.chosen.train_accuracy:.2f} (unsteered "
-              f"{c.unsteered_train_accuracy:.2f}), neutral KL {c.chosen.kl_neutral:.3f}")
+              f"{c.unsteered_train_accuracy:.2f}), neutral KL {c.chosen.kl_neutral:.3f}"
+              + ("" if c.chosen.train_accuracy > c.unsteered_train_accuracy else
+                 "; it does not beat the unsteered model on the training texts"))
     trace_rows = []
     for e, t in r.trace.per_emotion.items():
         for name, p in t.phases.items():

@@ -21,7 +21,7 @@ def test_features_writes_its_report(tmp_path, monkeypatch):
         save_sae(random_sae(model, site, arch, seed=len(site)), tmp_path / "saes" / site)
     cfg = FeaturesConfig(saes=str(tmp_path / "saes"), n_train=2, n_eval=2, n_candidates=2,
                          per_emotion=(1, 2), factors=(2.0,), kl_budget=50.0, n_neutral=3,
-                         require_gain=False, n_flow=3, n_permutations=2, controls=False,
+                         n_flow=3, n_permutations=2, controls=False,
                          emotions=EMOTIONS)
     r = run_features(model, cfg, tmp_path / "f", progress=False)
     saved = json.loads((tmp_path / "f" / "report.json").read_text())
