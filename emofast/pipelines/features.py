@@ -77,8 +77,9 @@ class FeaturesConfig:
     n_permutations: int = option(5, "label permutations of the flow's null")
     fdr: float = option(0.05, "the flow's false-discovery rate")
     n_candidates: int = option(8, "features per SAE verified exactly per emotion")
-    per_emotion: tuple[int, ...] = option(PER_EMOTION, "steering grid: top features per emotion")
-    factors: tuple[float, ...] = option(FACTORS, "steering grid: the factor features are scaled by")
+    per_emotion: tuple[int, ...] = option((2, 4, 8), "steering grid: top features per emotion")
+    factors: tuple[float, ...] = option((2.0, 4.0, 8.0), "steering grid: the factor features "
+                                        "are scaled by")
     kl_budget: float = option(0.1, "largest mean next-token KL on neutral text (nats) a "
                               "steering may cost")
     n_neutral: int = option(24, "neutral sentences for the KL and perplexity")
@@ -122,8 +123,8 @@ class FeaturesConfig:
     def full(cls) -> "FeaturesConfig":
         return dataclasses.replace(
             cls(), n_eval=40, n_candidates=16, n_flow=80, n_permutations=10,
-            n_control_skeletons=6, n_unit_skeletons=12, per_emotion=(1, 2, 4, 8, 16),
-            factors=(1.5, 2.0, 4.0, 8.0, 16.0, 32.0))
+            n_control_skeletons=6, n_unit_skeletons=12, per_emotion=PER_EMOTION + (16,),
+            factors=(1.5,) + FACTORS)
 
 
 @dataclass
