@@ -4,7 +4,8 @@
 
 Needs the default SAE set (`emofast sae train`). Workload: the --features most active features
 of each of the L19 and L29 resid_post SAEs on the prompts, zero-ablated one at a time
-(FeatureEdit), KL(clean || edited) at the last token, scopes "all" and "last", on six prompts.
+(FeatureEdit), KL(clean || edited) at the last token, scopes "all" and "last", on the six prompts
+of sweep_heads_cpu.py.
 Prints and writes wall times, the ratio and the largest |batched - loop| difference.
 """
 import argparse
@@ -18,13 +19,7 @@ import torch
 
 import emofast as ef
 from emofast import KL, FeatureEdit, sweep
-
-PROMPTS = ["I can't believe they cancelled my flight again. I feel so",
-           "Thank you for the lovely flowers! I feel so",
-           "The report is due on Friday, and I feel",
-           "I'm so sorry I forgot your birthday. I feel",
-           "They found the lost puppy alive! Everyone felt",
-           "The smell in the fridge made me feel"]
+from sweep_heads_cpu import PROMPTS  # the same six prompts (this folder is on sys.path)
 
 
 def active(model, sae, n: int) -> list[int]:

@@ -55,12 +55,18 @@ def test_phase_rule():
                                "emotional": ["L2.x"]}
 
 
-def test_feature_flow_end_to_end():
+def tiny_flow(architectures=("topk", "jumprelu")):
+    """A tiny model, SAEs at L2 and L0, and their flow on every 20th emo6 train text."""
     model = make_tiny("llama")
-    saes = [random_sae(model, "L2.resid_post", "topk", seed=2),
-            random_sae(model, "L0.resid_post", "jumprelu", seed=1)]
+    saes = [random_sae(model, site, arch, seed=seed) for site, arch, seed in
+            zip(("L2.resid_post", "L0.resid_post"), architectures, (2, 1))]
     examples = [e for e in load_dataset("emo6") if e.meta.get("split") == "train"][::20]
-    flow = feature_flow(model, saes, examples, n_permutations=2, progress=False)
+    return model, saes, examples, feature_flow(model, saes, examples, n_permutations=2,
+                                               progress=False)
+
+
+def test_feature_flow_end_to_end():
+    model, saes, examples, flow = tiny_flow()
     assert [l.site for l in flow.layers] == ["L0.resid_post", "L2.resid_post"]
     assert flow.n_texts == len(examples) and flow.n_tokens > 10 * len(examples)
     for l in flow.layers:
@@ -79,11 +85,7 @@ def test_feature_flow_end_to_end():
 
 def test_feature_directions_follow_the_rule():
     from emofast.analysis.feature_flow import feature_directions
-    model = make_tiny("llama")
-    saes = [random_sae(model, "L0.resid_post", "topk", seed=1),
-            random_sae(model, "L2.resid_post", "topk", seed=2)]
-    examples = [e for e in load_dataset("emo6") if e.meta.get("split") == "train"][::20]
-    flow = feature_flow(model, saes, examples, n_permutations=1, progress=False)
+    model, saes, examples, flow = tiny_flow(("topk", "topk"))
     emotions = sorted({e.label for e in examples})
     dirs, where = feature_directions(flow, saes, emotions, k=3)
     for e in emotions:
