@@ -15,10 +15,10 @@ feature fires on the prompts (matched random controls need it) and on their firs
 against the other labels', `LogitDiff`), keeps each site's `n_candidates` features of largest
 |estimate|, measures their zero ablations exactly with the batched sweep engine (`FeatureEdit`),
 reports the rank agreement (Spearman) of estimate and exact effect, and per phase (a set of
-sites) the effect of ablating all its candidates at once and the top-k ablation curve (candidates
-ordered by exact single effect, most negative first, k = 1, 2, 4, ...); `k80` is the smallest k
-whose curve reaches 80% of the all-candidates effect (None when that effect does not lower the
-metric).
+sites) over its supporting candidates (those whose zeroing alone lowers the metric; the others
+are counted as opposing) the effect of zeroing them all at once and the top-k ablation curve
+(most negative single effect first, k = 1, 2, 4, ...); `k80` is the smallest k whose curve
+reaches 80% of the all-supporting effect (None when that effect does not lower the metric).
 """
 from __future__ import annotations
 
@@ -121,18 +121,21 @@ def label_metric(model: Model, label: str, labels: Sequence[str]) -> LogitDiff:
 
 class PhaseTrace(NamedTuple):
     sites: list[str]
-    candidates: list[tuple[str, int]]   # (site, feature), ordered by exact effect (most negative first)
+    candidates: list[tuple[str, int]]   # (site, feature) supporting the metric (exact effect
+    #                                     < 0), most negative first
     exact: list[float]                  # their single exact effects, same order
-    all_effect: float                   # all candidates of the phase zeroed at once
+    all_effect: float                   # all of them zeroed at once
     curve_k: list[int]
     curve: list[float]                  # exact effect of zeroing the top k, per curve_k
     k80: int | None
+    n_opposing: int = 0                 # the phase's candidates whose zeroing raises the metric
 
     def to_json(self) -> dict:
         return {"sites": self.sites, "top": [{"site": s, "feature": f, "exact": e} for (s, f), e
                                              in zip(self.candidates[:10], self.exact[:10])],
                 "all_effect": self.all_effect, "curve_k": self.curve_k, "curve": self.curve,
-                "k80": self.k80}
+                "k80": self.k80, "n_supporting": len(self.candidates),
+                "n_opposing": self.n_opposing}
 
 
 class EmotionTrace(NamedTuple):
@@ -208,8 +211,13 @@ def trace_features(model: Model, saes: Sequence[SAE], examples: Sequence[Example
 
 def _phase(model, by_site, prompts, metric, sites, cands, exact, batch_size, clean
            ) -> PhaseTrace:
+    """The phase's supporting candidates (exact single effect < 0), zeroed together and as
+    top-k sets."""
     mine = [(c, float(e)) for c, e in zip(cands, exact.tolist()) if c[0] in sites]
-    mine.sort(key=lambda ce: ce[1])
+    n_opposing = sum(e >= 0 for _, e in mine)
+    mine = sorted((ce for ce in mine if ce[1] < 0), key=lambda ce: ce[1])
+    if not mine:
+        return PhaseTrace(list(sites), [], [], 0.0, [], [], None, n_opposing)
     ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64) if k < len(mine)} | {len(mine)})
 
     def zeroed(chosen):
@@ -226,4 +234,4 @@ def _phase(model, by_site, prompts, metric, sites, cands, exact, batch_size, cle
     if all_effect < 0:
         k80 = next(k for k, c in zip(ks, curve) if c <= CURVE_FRACTION * all_effect)
     return PhaseTrace(list(sites), [c for c, _ in mine], [e for _, e in mine], all_effect, ks,
-                      curve, k80)
+                      curve, k80, n_opposing)

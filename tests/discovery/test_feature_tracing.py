@@ -60,8 +60,13 @@ def test_trace_bookkeeping(model):
     for t in trace.per_emotion.values():
         assert len(t.candidates) == 6 and len(t.exact) == 6
         for name, p in t.phases.items():
-            assert p.curve_k[-1] == len(p.candidates) == 3
-            assert p.exact == sorted(p.exact)
+            site = p.sites[0]
+            mine = [e for (s, _), e in zip(t.candidates, t.exact.tolist()) if s == site]
+            assert len(p.candidates) == sum(e < 0 for e in mine)      # the supporting ones
+            assert p.n_opposing == sum(e >= 0 for e in mine)
+            assert p.exact == sorted(p.exact) and all(e < 0 for e in p.exact)
+            if p.candidates:
+                assert p.curve_k[-1] == len(p.candidates)
             if p.k80 is not None:
                 k = p.curve_k.index(p.k80)
                 assert p.curve[k] <= 0.8 * p.all_effect
