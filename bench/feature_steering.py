@@ -1,7 +1,7 @@
 """Causal feature steering for recognition on the embedded model: the curve over n and both
 transfer directions (issue 11, section 4), with its controls.
 
-    .venv/bin/python bench/feature_steering.py [--ns 2,5,10] [--out bench/results/feature_steering.json]
+    .venv/bin/python bench/feature_steering.py [--ns 2,5,10] [--replies-ns 5] [--out ...json]
 
 Needs the default SAE set (`emofast sae train`). For each direction and each n (training texts
 per emotion): `choose_feature_steering` on n texts per emotion of the training set (specific,
@@ -33,6 +33,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--ns", default="2,5,10")
     p.add_argument("--n-eval", type=int, default=20)
+    p.add_argument("--replies-ns", default="5", help="n for the reverse direction (replies "
+                   "-> emo6 test)")
     p.add_argument("--out", default="bench/results/feature_steering.json")
     args = p.parse_args()
     model = ef.load_model()
@@ -50,7 +52,8 @@ def main():
     print("unsteered", plain, "calibrated", calib, flush=True)
     rows = []
     for source, targets in directions.items():
-        for n in [int(x) for x in args.ns.split(",")]:
+        ns = args.replies_ns if source == "replies" else args.ns
+        for n in [int(x) for x in ns.split(",")]:
             t0 = time.perf_counter()
             pool = REPLIES if source == "replies" else source
             train = labelled(str(pool), EMOTIONS6, n, seed=1)   # seed 1: apart from the evals
@@ -80,10 +83,10 @@ def main():
             print(f"{source} n={n}: chosen "
                   f"{None if ch is None else (ch['per_emotion'], ch['factor'], round(ch['train_accuracy'], 3), round(ch['kl_neutral'], 3))}"
                   f" held-out {row['held_out']}", flush=True)
-    Path(args.out).write_text(json.dumps({"date": str(date.today()), "device": "cpu (2 cores)",
-                                          "n_eval_per_emotion": args.n_eval,
-                                          "unsteered": plain, "calibrated": calib,
-                                          "rows": rows}, indent=2))
+            Path(args.out).write_text(json.dumps({   # after every row: a partial run counts
+                "date": str(date.today()), "device": "cpu (2 cores)",
+                "n_eval_per_emotion": args.n_eval, "unsteered": plain, "calibrated": calib,
+                "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
