@@ -67,7 +67,7 @@ def main():
                    "chosen": None if c.chosen is None else c.chosen._asdict(),
                    "grid": [x._asdict() for x in c.candidates], "held_out": {}}
             if c.steering is not None:
-                ctrl = matched_random(c.steering, c.firing, seed=0)
+                ctrl = matched_random(c.steering, c.firing, sink=c.sink, seed=0)
                 [pc] = lm_preservation(model, neutral, [ctrl])
                 row["random_kl_neutral"] = pc.kl_mean
                 for t in targets:

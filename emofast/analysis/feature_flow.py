@@ -82,7 +82,8 @@ class FlowLayer(NamedTuple):
     n_live: int
     counts: dict[str, int]          # kind -> selective features
     shares: dict[str, float]        # kind -> counts / n_live
-    thresholds: dict[str, float]    # kind -> AUROC threshold at the FDR
+    thresholds: dict[str, float | None]  # kind -> AUROC threshold at the FDR (None: no t
+    #                                      on the grid reaches it, nothing selective)
     probe: dict[str, float]         # kind -> held-out probe accuracy of the SAE's input
     specific: dict[str, dict]       # emotion -> {"n", "strength"} of its specific features
     n_shared: int                   # emotion-selective features with several emotions
@@ -135,13 +136,14 @@ def _class_aurocs(ranks, labels: list, classes, perms: list[torch.Tensor]):
 
 
 def fdr_threshold(obs: torch.Tensor, null: torch.Tensor, fdr: float) -> float:
-    """Smallest grid t with mean_perm #(null >= t) / #(obs >= t) <= fdr (1.0 if none)."""
+    """Smallest grid t with mean_perm #(null >= t) / #(obs >= t) <= fdr (inf if none: nothing
+    is selective)."""
     obs, null = obs.nan_to_num(0.0), null.nan_to_num(0.0)
     for t in _GRID.tolist():
         n_obs = int((obs >= t).sum())
         if n_obs and float((null >= t).sum()) / len(null) / n_obs <= fdr:
             return t
-    return 1.0
+    return float("inf")
 
 
 def feature_flow(model: Model, saes: Sequence[SAE], examples: Sequence[Example], *,
@@ -159,6 +161,9 @@ def feature_flow(model: Model, saes: Sequence[SAE], examples: Sequence[Example],
     if not 0 < fdr < 1:
         raise ValueError(f"fdr must be in (0, 1), got {fdr}")
     saes = sorted(saes, key=lambda s: parse_site(s.site).layer)
+    sites = [s.site for s in saes]
+    if not saes or len(set(sites)) != len(sites):
+        raise ValueError(f"feature_flow needs SAEs at distinct sites, got {sites}")
     texts = [e.text for e in examples]
     emo = [e.label for e in examples]
     topics = [str(e.meta["topic"]) for e in examples]
@@ -170,7 +175,10 @@ def feature_flow(model: Model, saes: Sequence[SAE], examples: Sequence[Example],
     layers = []
     for sae in tqdm(saes, desc="feature flow", disable=not progress):
         x = xs[sae.site]                                              # [n_tok, d_in]
-        acts = torch.cat([sae.dense(sae.encode(c)).float() for c in x.split(2048)])
+        dev = sae.W_enc.device
+        with torch.no_grad():
+            acts = torch.cat([sae.dense(sae.encode(c.to(dev))).float().cpu()
+                              for c in x.split(2048)])
         live = (acts > 0).any(0)
         acts = acts[:, live]
         per_text = torch.zeros(len(texts), acts.shape[1]).scatter_reduce_(
@@ -195,7 +203,8 @@ def feature_flow(model: Model, saes: Sequence[SAE], examples: Sequence[Example],
                    e_auc[i].nan_to_num(0.0).topk(min(8, e_auc.shape[1])).indices.tolist()]
                for i, e in enumerate(emotions)}
         layers.append(FlowLayer(sae.site, parse_site(sae.site).layer, n_live, counts,
-                                {k: c / max(n_live, 1) for k, c in counts.items()}, t,
+                                {k: c / max(n_live, 1) for k, c in counts.items()},
+                                {k: v if v != float("inf") else None for k, v in t.items()},
                                 _probes(x, tok_class, text_of, topics, emo, seed),
                                 specific, int((e_sel.sum(0) > 1).sum()), top))
     return FeatureFlow(layers, _phases(layers), fdr, len(texts), len(tok_class))
@@ -273,7 +282,8 @@ def feature_directions(flow: FeatureFlow, saes: list[SAE], emotions: list[str], 
                          "has no resid_post SAE")
     vec, where = {}, {}
     for e in emotions:
-        best = max(layers, key=lambda l: sum(a for _, a in l.top_features[e][:k]))
+        best = max(layers, key=lambda l: sum(a for _, a in l.top_features[e][:k]) /
+                   max(len(l.top_features[e][:k]), 1))
         rows = by_site[best.site].W_dec.detach()[[f for f, _ in best.top_features[e][:k]]]
         v = rows.float().sum(0).cpu()
         vec[e], where[e] = v / v.norm(), best.layer

@@ -2,7 +2,7 @@
 
     choice = choose_feature_steering(model, saes, train, neutral_sentences(24))
     choice.steering                  # a FeatureSteering (or None: nothing within the KL budget)
-    control = matched_random(choice.steering, choice.firing, seed=0)
+    control = matched_random(choice.steering, choice.firing, sink=choice.sink, seed=0)
 
 From n labelled training texts per emotion: per emotion e, `feature_attribution` of e's
 recognition metric (e's answer tokens against the other labels') on every training text gives
@@ -21,7 +21,8 @@ it beats the unsteered model there (else no steering is chosen).
 
 `matched_random` is the control that the steering must beat to count as causal: as many random
 features per site as the steering scales there, each the nearest in firing rate among the
-site's unchosen features (random among the 5 nearest), with the same factor.
+site's unchosen live features that are not attention-sink features (random among the 5 nearest),
+with the same factor.
 """
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ class SteeringChoice(NamedTuple):
     kl_budget: float
     ranking: dict[str, list[tuple[str, int, float]]]   # emotion -> (site, feature, specificity)
     firing: dict[str, torch.Tensor]                     # site -> [d_sae] mean firing rate
+    sink: dict[str, torch.Tensor]                       # site -> [d_sae] bool, fires on a first
+    #                                                     token: never steered
 
     def to_json(self) -> dict:
         return {"chosen": None if self.chosen is None else self.chosen._asdict(),
@@ -144,18 +147,26 @@ def choose_feature_steering(model: Model, saes: Sequence[SAE], train: Sequence[E
         steering.meta.update({"train_accuracy": chosen.train_accuracy,
                               "kl_neutral": chosen.kl_neutral, "n_train": len(train),
                               "kl_budget": kl_budget})
-    return SteeringChoice(steering, chosen, cands, base.accuracy, kl_budget, ranking, firing)
+    return SteeringChoice(steering, chosen, cands, base.accuracy, kl_budget, ranking, firing,
+                          sink)
 
 
 def matched_random(steering: FeatureSteering, firing: dict[str, torch.Tensor], *,
-                   seed: int = 0) -> FeatureSteering:
-    """The random-feature control of `steering` (see the module docstring)."""
+                   sink: dict[str, torch.Tensor] | None = None, seed: int = 0
+                   ) -> FeatureSteering:
+    """The random-feature control of `steering` (see the module docstring), drawn from the
+    features the steering could have used: never a `sink` feature, never a dead one."""
     g = torch.Generator().manual_seed(seed)
     feats = {}
     for sae, chosen in zip(steering.saes, steering.features):
         rate = firing[sae.site]
-        free = torch.ones(sae.d_sae, dtype=torch.bool)
+        free = rate > 0
+        if sink is not None:
+            free &= ~sink[sae.site]
         free[chosen] = False
+        if int(free.sum()) < len(chosen):
+            raise ValueError(f"{sae.site}: {int(free.sum())} live features are left for a "
+                             f"random control of {len(chosen)}")
         picked = []
         for f in chosen:
             dist = (rate - rate[f]).abs().masked_fill(~free, float("inf"))

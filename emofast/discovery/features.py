@@ -5,8 +5,9 @@
     trace.per_emotion["disgust"].phases["late"].k80     # features reaching 80% of the phase's effect
 
 `feature_attribution` screens every feature of every SAE with one forward and one backward per
-prompt batch: with the SAEs spliced in with their error terms (which leaves the forward exactly
-the model's), the metric's gradient g at an SAE's site gives each feature's
+prompt batch of the unedited model (a zero probe at each SAE's site reads the metric's gradient
+g there; the SAE with its error term would leave the forward unchanged), which gives each
+feature's
 gradient x activation, sum over real tokens of a_f (W_dec[f] . J g) (J: the SAE's output
 normalisation), and its zero-ablation estimate, the negative of that. It also counts how often each
 feature fires on the prompts (matched random controls need it) and on their first real token.
@@ -186,6 +187,12 @@ def trace_features(model: Model, saes: Sequence[SAE], examples: Sequence[Example
     if unknown:
         raise ValueError(f"phases name sites without an SAE: {unknown}; SAEs read "
                          f"{sorted(by_site)}")
+    for name, sites in phases.items():   # a sweep variant holds one FeatureEdit per layer
+        layers = [parse_site(s).layer for s in sites]
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"phase {name!r} holds two SAE sites of one layer ({sites}): "
+                             "zeroing them together needs one FeatureEdit per layer; put "
+                             "same-layer sites in different phases")
     out = {}
     emotions = [e for e in labels if any(ex.label == e for ex in examples)]
     for emotion in tqdm(emotions, desc="trace features", disable=not progress):

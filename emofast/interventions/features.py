@@ -27,6 +27,7 @@ import torch
 from ..data import read_json
 from ..report.files import write_json
 from ..sae import SAE, load_sae, save_sae
+from ..sae.model import feature_ids
 from ..sites import Scope
 from .base import Intervention, digest
 
@@ -49,7 +50,7 @@ class FeatureSteering(Intervention):
                 raise TypeError(f"FeatureSteering: keys must be SAEs, got {type(sae).__name__}")
             if sae.site in [s.site for s in self.saes]:
                 raise ValueError(f"FeatureSteering: two SAEs read {sae.site}; one per site")
-            fs = sorted({int(f) for f in feats})
+            fs = feature_ids(feats, f"FeatureSteering at {sae.site}")
             bad = [f for f in fs if not 0 <= f < sae.d_sae]
             if not fs or bad:
                 raise ValueError(f"FeatureSteering: features {bad or fs} of {sae.site} must be "

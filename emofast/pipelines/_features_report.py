@@ -80,7 +80,8 @@ def write_index(out: Path, r) -> None:
                  for e in r.evaluations]
     pres = [[k, v["kl_neutral"], v["ppl_change"]] for k, v in r.preservation.items()]
     flow_rows = [[l.site, l.n_live, *[l.counts[k] for k in KINDS],
-                  *[l.thresholds[k] for k in KINDS], *[l.probe[k] for k in KINDS], l.n_shared,
+                  *["-" if l.thresholds[k] is None else l.thresholds[k] for k in KINDS],
+                  *[l.probe[k] for k in KINDS], l.n_shared,
                   *[f"{v['n']} ({v['strength']:.2f})" if v["strength"] is not None else "0"
                     for v in l.specific.values()]] for l in r.flow.layers]
     emotions = list(r.flow.layers[0].specific) if r.flow.layers else []

@@ -229,7 +229,8 @@ def run_features(model: Model, config: FeaturesConfig | None = None,
             model=model.name, train=cfg.train, n_train=cfg.n_train,
             beats_unsteered=choice.chosen.train_accuracy > choice.unsteered_train_accuracy)
         choice.steering.save(out / "steering")
-        control = matched_random(choice.steering, choice.firing, seed=cfg.seed)
+        control = matched_random(choice.steering, choice.firing, sink=choice.sink,
+                                 seed=cfg.seed)
         pres = lm_preservation(model, neutral, [choice.steering, control],
                                batch_size=cfg.batch_size)
         preservation = {name: {"kl_neutral": p.kl_mean, "ppl_change": p.ppl_edited / p.ppl_clean}

@@ -28,6 +28,7 @@ reconstruction decode(edit(acts)) (evaluation).
 """
 from __future__ import annotations
 
+import numbers
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -164,7 +165,8 @@ class SAE(nn.Module):
         """decode(a + c) - decode(a) for a change c [B, T, m] of each row's features [B, m]:
         c @ W_dec[features] through the output normalisation (linear: the layer_norm std, or
         over the constant_norm_rescale coefficient, of the encode that gave `undo`)."""
-        delta = torch.einsum("btm,bmd->btd", coef, self.W_dec[features])        # [B, T, d_in]
+        W = self.W_dec[features]                                                 # [B, m, d_in]
+        delta = torch.einsum("btm,bmd->btd", coef.to(W.dtype), W)               # [B, T, d_in]
         return self.output_jacobian(delta, undo)
 
     def output_jacobian(self, y: torch.Tensor, undo: tuple | None) -> torch.Tensor:
@@ -172,7 +174,9 @@ class SAE(nn.Module):
         the layer_norm std, 1 / the constant_norm_rescale coefficient, 1 without one)."""
         if undo is None:
             return y
-        return self._norm_out(y, undo) - self._norm_out(torch.zeros_like(y), undo)
+        if self.normalize_activations == "constant_norm_rescale":
+            return y / undo[0]
+        return y * undo[1]                                                      # layer_norm std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The reconstruction of x, shaped like x."""
@@ -220,3 +224,20 @@ def site_width(model, kind: str) -> int:
     """The width an SAE reads at a site kind of `model` (attn_z: H * d_head, flattened)."""
     return {"mlp_act": model.d_mlp, "attn_z": model.n_heads * model.d_head}.get(kind,
                                                                                model.d_model)
+
+
+def feature_ids(features, where: str) -> list[int]:
+    """Sorted distinct feature ids from a list, range, set or integer tensor; a string or a
+    non-integral number is a TypeError."""
+    if isinstance(features, torch.Tensor):
+        if features.is_floating_point():
+            raise TypeError(f"{where}: features must be integers, got a {features.dtype} tensor")
+        features = features.flatten().tolist()
+    if isinstance(features, (str, bytes)) or not hasattr(features, "__iter__"):
+        raise TypeError(f"{where}: features must be a list of integers, got {features!r}")
+    out = set()
+    for f in features:
+        if isinstance(f, bool) or not isinstance(f, numbers.Integral):
+            raise TypeError(f"{where}: features must be integers, got {f!r}")
+        out.add(int(f))
+    return sorted(out)

@@ -36,6 +36,7 @@ import torch
 from ..interventions.base import Intervention, digest
 from ..models import Model, position_ids
 from ..sae import SAE
+from ..sae.model import feature_ids
 from ..sites import parse_site
 from .batches import Batch
 from .plan import Add, Edit
@@ -66,14 +67,7 @@ class FeatureEdit:
         if factor is not None and not (isinstance(factor, numbers.Real)
                                        and not isinstance(factor, bool) and math.isfinite(factor)):
             raise ValueError(f"{where}: factor must be a finite number, got {factor!r}")
-        if isinstance(features, (str, bytes)) or not isinstance(features, Sequence):
-            features = list(features) if isinstance(features, (set, frozenset, range,
-                                                                torch.Tensor)) else features
-        try:
-            feats = sorted({int(f) for f in features})
-        except (TypeError, ValueError):
-            raise TypeError(f"{where}: features must be a list of integers, got "
-                            f"{features!r}") from None
+        feats = feature_ids(features, where)
         bad = [f for f in feats if not 0 <= f < sae.d_sae]
         if not feats or bad:
             raise ValueError(f"{where}: features {bad or feats} must be a non-empty list in "
@@ -256,7 +250,7 @@ def _rows_hook(sae, F, on, g, md, mean, src, row_start):
         T = x.shape[1]
         undo: list = []
         a = sae.feature_values(sae.encode(x, _undo=undo), F)                       # [B, T, m]
-        target = g[:, None, None] * a                                        # scale, zero
+        target = g.to(a.dtype)[:, None, None] * a                            # scale, zero
         if mean is not None:
             is_mean = (md == FEATURE_MODES.index("mean"))[:, None, None]
             target = torch.where(is_mean, mean.to(a)[F][:, None, :].expand_as(a), target)

@@ -16,7 +16,7 @@ from .clean import clean_pass, readout_hook
 from .features import index_feature_edit
 from .job import Job, edit_keys, finish, source_keys
 from .metrics import Readout, overflowed_to_nan
-from .plan import Add, Edit
+from .plan import SITES, Add, Edit
 from .steer import index_steer
 
 PIECE = 16  # variants per stored piece
@@ -45,18 +45,20 @@ def _one(job: Job, variant: tuple, st, means: dict) -> torch.Tensor:
     model, metric, b = job.model, job.metric, st.batch
     T, P, seen, hooks = b.ids.shape[1], b.stop - b.start, {}, []
     fill = {"mean": means, "patch": st.patch}
-    for e in variant:
-        if isinstance(e, (Edit, Add)):
-            starts = padded_starts(b.pad, e.pos_start, T, job.last).tolist()
-            if isinstance(e, Add) and e.site == "sae":
-                sae = job.features.saes[job.features.entries[e.entry][0]]
-                hooks.append((sae.site, index_feature_edit(job.features, e.entry, starts,
-                                                           st.patch)))
-            elif isinstance(e, Add):
-                hooks.append((f"L{e.layer}.resid_post", index_steer(job.additions, e.entry, starts)))
-            else:
-                hooks.append((f"L{e.layer}.{e.site}", index_edit(
-                    e, starts, fill.get(e.mode, {}).get((e.layer, e.site)))))
+    # the batched engine's order: its blocks run by (layer, site kind), so two hooks at one
+    # site (a Steer and an SAE edit at L.resid_post) compose the same way in both engines
+    for e in sorted((e for e in variant if isinstance(e, (Edit, Add))),
+                    key=lambda e: (e.layer, SITES.index(e.site))):
+        starts = padded_starts(b.pad, e.pos_start, T, job.last).tolist()
+        if isinstance(e, Add) and e.site == "sae":
+            sae = job.features.saes[job.features.entries[e.entry][0]]
+            hooks.append((sae.site, index_feature_edit(job.features, e.entry, starts,
+                                                       st.patch)))
+        elif isinstance(e, Add):
+            hooks.append((f"L{e.layer}.resid_post", index_steer(job.additions, e.entry, starts)))
+        else:
+            hooks.append((f"L{e.layer}.{e.site}", index_edit(
+                e, starts, fill.get(e.mode, {}).get((e.layer, e.site)))))
     if metric.reads == "resid":
         hooks.append(readout_hook(model, metric, seen))
     with ExitStack() as stack:

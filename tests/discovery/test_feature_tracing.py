@@ -87,10 +87,13 @@ def test_choice_within_budget_and_random_control(model):
     for sae, feats in zip(choice.steering.saes, choice.steering.features):
         for a in attrs.values():     # attention-sink features are never steered
             assert (a.first_firing[sae.site][feats] == 0).all()
-    ctrl = matched_random(choice.steering, choice.firing, seed=1)
+    ctrl = matched_random(choice.steering, choice.firing, sink=choice.sink, seed=1)
     assert ctrl.factor == choice.steering.factor
     assert [len(f) for f in ctrl.features] == [len(f) for f in choice.steering.features]
     assert not set(ctrl.features[0]) & set(choice.steering.features[0])
+    site = choice.steering.saes[0].site        # drawn from live, non-sink features only
+    assert (choice.firing[site][ctrl.features[0]] > 0).all()
+    assert not choice.sink[site][ctrl.features[0]].any()
     none = choose_feature_steering(model, saes, TRAIN, ["hello world"], labels=LABELS,
                                    per_emotion=(1,), factors=(50.0,), kl_budget=0.0,
                                    progress=False)

@@ -152,8 +152,13 @@ def test_batched_equals_loop(family, scope):
     model = loud(make_tiny(family))
     variants = feature_variants(model, scope == "per_edit")
     g = torch.Generator().manual_seed(3)
-    mixed = [[FeatureEdit(saes_for(model)[0], [1, 5]), Edit(1, "attn_z", [0]),
-              Steer(model.n_layers - 1, torch.randn(model.d_model, generator=g), 1.0)]]
+    a, _, c, _ = saes_for(model)
+    mixed = [[FeatureEdit(a, [1, 5]), Edit(1, "attn_z", [0]),
+              Steer(model.n_layers - 1, torch.randn(model.d_model, generator=g), 1.0)],
+             # one site, two hooks, in either order: both engines compose Steer, then SAE edit
+             [FeatureEdit(a, range(48)), Steer(0, torch.randn(model.d_model, generator=g), 3.0)],
+             [Steer(0, torch.randn(model.d_model, generator=g), 3.0), FeatureEdit(a, range(48))],
+             [FeatureEdit(c, [1, 2], "scale", factor=3.0), Edit(1, "mlp_act", [0, 1, 2, 3])]]
     v = torch.randn(model.d_model, generator=g)
     for metric in (KL(), Projection(v, layer=0)):
         loop, batched = run_both(model, variants + mixed, metric, scope, batch_size=2,
@@ -163,7 +168,7 @@ def test_batched_equals_loop(family, scope):
         if isinstance(metric, KL):
             # factor 1 is the model: KL 0 up to rounding; the others moved
             assert batched.per_prompt[6].abs().max() < 1e-5
-            moved = batched.per_prompt[[1, 2, 3, 4, 5, 7, 8]].abs().amax(1)
+            moved = batched.per_prompt[[1, 2, 3, 4, 5, 7, 8, 9, 10, 11]].abs().amax(1)
             assert (moved > 1e-3).all(), moved
 
 
@@ -220,6 +225,18 @@ def test_results_json_and_fingerprint(tmp_path):
         sweep(model, PROMPTS, variants, KL(), out=tmp_path / "s", progress=False)
 
 
+def test_bf16_sae_in_both_engines():
+    """A bf16 SAE on an fp32 model: the engines agree (the batched product runs in the SAE's
+    dtype)."""
+    model = loud(make_tiny("llama"))
+    sae = random_sae(model, "L1.resid_post", "topk", seed=3).to(torch.bfloat16)
+    variants = [[FeatureEdit(sae, [1, 2, 3], "scale", factor=2.0)], [FeatureEdit(sae, [4])]]
+    loop, batched = run_both(model, variants, KL(), "all", batch_size=2)
+    torch.testing.assert_close(batched.per_prompt, loop.per_prompt, atol=2e-2 * max(
+        1.0, loop.per_prompt.abs().max().item()), rtol=0)
+    assert loop.per_prompt.abs().max() > 1e-3
+
+
 def test_errors():
     model = make_tiny("llama")
     a = saes_for(model)[0]
@@ -229,6 +246,10 @@ def test_errors():
         FeatureEdit(a, [1], "zero", factor=2.0)
     with pytest.raises(ValueError, match=r"features \[48\] must be a non-empty list in 0..47"):
         FeatureEdit(a, [48])
+    with pytest.raises(TypeError, match="features must be a list of integers"):
+        FeatureEdit(a, "12")
+    with pytest.raises(TypeError, match="features must be integers"):
+        FeatureEdit(a, [1.9])
     with pytest.raises(ValueError, match="mode 'ablate'"):
         FeatureEdit(a, [1], "ablate")
     with pytest.raises(ValueError, match="two FeatureEdits at layer 0"):
