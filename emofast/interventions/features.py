@@ -17,7 +17,6 @@ SAE's safetensors and cfg.json, `emofast.sae.save_sae`), so it applies on its ow
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ from ..report.files import write_json
 from ..sae import SAE, load_sae, save_sae
 from ..sae.model import feature_ids
 from ..sites import Scope
+from ..validation import finite
 from .base import Intervention, digest
 
 SCOPES = ("all", "last:k", "prompt", "generated")
@@ -42,8 +42,7 @@ class FeatureSteering(Intervention):
                  scope: Scope | str = "all", meta: dict | None = None):
         if not features:
             raise ValueError("FeatureSteering needs at least one SAE with features")
-        if not (isinstance(factor, (int, float)) and math.isfinite(factor)):
-            raise ValueError(f"FeatureSteering: factor must be a finite number, got {factor!r}")
+        factor = finite(factor, "FeatureSteering: factor")
         self.saes, self.features = [], []
         for sae, feats in features.items():
             if not isinstance(sae, SAE):

@@ -27,7 +27,7 @@ from ..models import Model, kv_cache_kwargs, position_ids
 from .batches import padded_starts
 from .clean import CleanState, clean_pass, readout, readout_hook, repeat_readout
 from .features import FeatureTable, rows_feature_edit
-from .job import Job, finish
+from .job import Job, finish, source_keys
 from .metrics import Metric, overflowed_to_nan
 from .plan import Chunk, plan_sweep
 from .steer import AdditionTable, rows_steer
@@ -48,10 +48,8 @@ def run_batched(job: Job, todo: list[int]) -> int:
                       bytes_per_row_per_layer=_row_layer_bytes(model, T_max),
                       memory_budget=job.memory_budget or default_memory_budget(model.device))
     todo_t = torch.tensor(todo, dtype=torch.long)
-    keys = {m: {k for c in plan.chunks for k, blk in c.blocks.items() if blk.mode == m}
-            for m in ("mean", "patch")}
-    if job.features is not None:
-        keys["patch"] |= job.features.keys("patch")
+    keys = {"mean": {k for c in plan.chunks for k, blk in c.blocks.items() if blk.mode == "mean"},
+            "patch": source_keys(job, [job.variants[i] for i in todo])}
     states, means = clean_pass(model, batches, job.metric, mean_keys=keys["mean"], keep_kv=True,
                                first_layers={c.first_layer for c in plan.chunks},
                                sources=job.sources, patch_keys=keys["patch"], last=job.last)

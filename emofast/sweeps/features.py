@@ -26,20 +26,19 @@ activations by plain indexing and decodes them whole (`index_feature_edit`), its
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
-from ..interventions.base import Intervention, digest
+from ..interventions.base import digest
 from ..models import Model, position_ids
 from ..sae import SAE
 from ..sae.model import feature_ids
 from ..sites import parse_site
+from ..validation import finite, integer
 from .batches import Batch
-from .plan import Add, Edit
+from .plan import Add, Variant
 
 FEATURE_MODES = ("zero", "mean", "scale", "patch")
 
@@ -64,22 +63,20 @@ class FeatureEdit:
         if (factor is None) != (mode != "scale"):
             raise ValueError(f"{where}: mode 'scale' takes a factor, the other modes none "
                              f"(mode {mode!r}, factor {factor!r})")
-        if factor is not None and not (isinstance(factor, numbers.Real)
-                                       and not isinstance(factor, bool) and math.isfinite(factor)):
-            raise ValueError(f"{where}: factor must be a finite number, got {factor!r}")
+        if factor is not None:
+            factor = finite(factor, f"{where}: factor")
         feats = feature_ids(features, where)
         bad = [f for f in feats if not 0 <= f < sae.d_sae]
         if not feats or bad:
             raise ValueError(f"{where}: features {bad or feats} must be a non-empty list in "
                              f"0..{sae.d_sae - 1} (the SAE has {sae.d_sae} latents)")
-        if int(pos_start) != pos_start or pos_start < 0:
-            raise ValueError(f"{where}: pos_start {pos_start!r} must be an integer >= 0")
+        pos_start = integer(pos_start, f"{where}: pos_start", lo=0)
         set_ = object.__setattr__
         set_(self, "sae", sae)
         set_(self, "features", tuple(feats))
         set_(self, "mode", mode)
-        set_(self, "factor", 1.0 if factor is None else float(factor))
-        set_(self, "pos_start", int(pos_start))
+        set_(self, "factor", 1.0 if factor is None else factor)
+        set_(self, "pos_start", pos_start)
         set_(self, "label", str(label))
 
     @property
@@ -182,11 +179,10 @@ def lower_features(variants, model: Model) -> tuple[list[tuple], FeatureTable | 
         if isinstance(v, FeatureEdit):
             raise TypeError(f"variant {i} is a single FeatureEdit: a variant is a list, e.g. "
                             "[edit]")
-        if isinstance(v, (Edit, Intervention)) or not isinstance(v, Sequence) and not hasattr(
-                v, "edits"):
+        if not isinstance(v, (Variant, list, tuple)):
             out.append(v)   # lower_steers names what is wrong
             continue
-        items = v.edits if hasattr(v, "edits") else tuple(v)
+        items = v.edits if isinstance(v, Variant) else tuple(v)
         lowered, layers = [], set()
         for item in items:
             if not isinstance(item, FeatureEdit):
