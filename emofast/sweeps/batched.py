@@ -3,8 +3,8 @@
 For a chunk whose edits all sit at layers >= f and real-token positions >= p, every row of the
 chunk computes exactly what the clean run computed below layer f and before position s (s = p,
 or T - 1 when only the last token is edited). So `run_chunk` runs only the rest:
-- layers < f are swapped for `_Skip` modules inside the unmodified HF forward; the last one
-  returns the clean resid_pre of layer f (positions >= s), shared by every variant;
+- layers < f are skipped (`emofast.models.prefix.skip_layers`); the last one returns the
+  clean resid_pre of layer f (positions >= s), shared by every variant;
 - positions < s come from the clean key/value cache (`cache=`), so layers >= f compute
   T - s positions per row, one position per layer when the last token is edited;
 - each row's ablation is applied by `masked_ablate`, each row's addition by `steer_add`, each
@@ -16,14 +16,13 @@ halves and retries from the failing prompt batch.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 
 import torch
-from torch import nn
 from transformers import DynamicCache
 
 from ..kernels import masked_ablate
 from ..models import Model, kv_cache_kwargs, position_ids
+from ..models.prefix import skip_layers
 from .batches import padded_starts
 from .clean import CleanState, clean_pass, readout, readout_hook, repeat_readout
 from .features import FeatureTable, rows_feature_edit
@@ -105,7 +104,7 @@ def run_chunk(model: Model, state: CleanState, chunk: Chunk, metric: Metric, *,
     mask = b.mask.repeat(V_c, 1)
     start_hidden = state.resid_pre[f][:, s:].repeat(V_c, 1, 1) if f > 0 else None
     cache = _prefix_cache(model, state, V_c, f, s)
-    with _skip_layers(model, f, start_hidden, state.tuple_blocks), model.hooks(hooks), \
+    with skip_layers(model, f, start_hidden, state.tuple_blocks), model.hooks(hooks), \
             model.overflow_watch() as overflow:
         out = model.hf.base_model(input_ids=b.ids[:, s:].repeat(V_c, 1), attention_mask=mask,
                                   position_ids=position_ids(mask)[:, s:],
@@ -169,35 +168,6 @@ def _masked_edit(row_variant, mask, mode, fill, group, pos_start):
         return masked_ablate(x, row_variant, mask, mode=mode, fill=fill, group=group,
                              pos_start=pos_start).view_as(act)
     return fn
-
-
-class _Skip(nn.Module):
-    """Stands in for a decoder layer below the chunk's first edited layer: passes the hidden
-    state through, or (the last one) replaces it by the cached clean residual."""
-
-    def __init__(self, out: torch.Tensor | None, as_tuple: bool, replaced: nn.Module):
-        super().__init__()
-        self.out, self.as_tuple = out, as_tuple
-        # some forwards read the layer's attention type (Qwen2 in transformers < 5.4)
-        self.attention_type = getattr(replaced, "attention_type", None)
-
-    def forward(self, hidden_states, *args, **kwargs):
-        h = hidden_states if self.out is None else self.out
-        return (h,) if self.as_tuple else h
-
-
-@contextmanager
-def _skip_layers(model: Model, first: int, start_hidden: torch.Tensor | None, as_tuple: bool):
-    """Swap decoder layers 0..first-1 for `_Skip`s for the duration (restored on exit)."""
-    blocks = model.adapter.blocks
-    saved = [blocks[i] for i in range(first)]
-    try:
-        for i in range(first):
-            blocks[i] = _Skip(start_hidden if i == first - 1 else None, as_tuple, saved[i])
-        yield
-    finally:
-        for i, block in enumerate(saved):
-            blocks[i] = block
 
 
 def _row_layer_bytes(model: Model, T: int) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models import Model, position_ids, returned_cache
+from ..models.prefix import blocks_return_tuple
 from .batches import Batch
 from .metrics import Metric, Readout
 
@@ -80,15 +81,9 @@ def clean_pass(model: Model, batches: list[Batch], metric: Metric, *, first_laye
         if metric.reads == "resid":
             hooks.append(readout_hook(model, metric, seen))
         keep = keep_kv and reuses_kv(model, b.ids.shape[1])
-        returns = []
-        probe = model.adapter.blocks[0].register_forward_hook(
-            lambda module, args, output: returns.append(isinstance(output, tuple)))
-        try:
-            with model.hooks(hooks):
-                out = model.hf.base_model(input_ids=b.ids, attention_mask=b.mask,
-                                          position_ids=position_ids(b.mask), use_cache=keep)
-        finally:
-            probe.remove()
+        with blocks_return_tuple(model) as returns, model.hooks(hooks):
+            out = model.hf.base_model(input_ids=b.ids, attention_mask=b.mask,
+                                      position_ids=position_ids(b.mask), use_cache=keep)
         hidden_last = out.last_hidden_state[:, -1]
         logprobs = None
         if metric.reads == "logits":
