@@ -23,7 +23,8 @@ from emofast.data import EMOTIONS6
 from emofast.discovery.feature_steering import (choose_feature_steering, emotion_attributions,
                                                 matched_random)
 from emofast.eval.preservation import lm_preservation
-from emofast.pipelines.features import labelled, sae_set
+from emofast.data import labelled_sample
+from emofast.sae import load_sae_set
 
 REPLIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "emotion-circuits" / \
     "prompted_test_accepted.jsonl"
@@ -38,12 +39,12 @@ def main():
     p.add_argument("--out", default="bench/results/feature_steering.json")
     args = p.parse_args()
     model = ef.load_model()
-    saes = sae_set(model)
+    saes = load_sae_set(model)
     neutral = ef.neutral_sentences(24)
-    evals = {"emo6:test": labelled("emo6:test", EMOTIONS6, args.n_eval, 0)}
+    evals = {"emo6:test": labelled_sample("emo6:test", EMOTIONS6, args.n_eval, 0)}
     directions = {"emo6:train": ["emo6:test"]}
     if REPLIES.is_file():
-        evals["replies"] = labelled(str(REPLIES), EMOTIONS6, args.n_eval, 0)
+        evals["replies"] = labelled_sample(str(REPLIES), EMOTIONS6, args.n_eval, 0)
         directions["emo6:train"].append("replies")
         directions["replies"] = ["emo6:test"]
     plain = {k: ef.recognize(model, v, progress=False).accuracy for k, v in evals.items()}
@@ -56,7 +57,7 @@ def main():
         for n in [int(x) for x in ns.split(",")]:
             t0 = time.perf_counter()
             pool = REPLIES if source == "replies" else source
-            train = labelled(str(pool), EMOTIONS6, n, seed=1)   # seed 1: apart from the evals
+            train = labelled_sample(str(pool), EMOTIONS6, n, seed=1)   # seed 1: apart from the evals
             attrs = emotion_attributions(model, saes, train, EMOTIONS6)
             c = choose_feature_steering(model, saes, train, neutral, attributions=attrs,
                                         require_gain=False, progress=False)

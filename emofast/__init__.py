@@ -6,7 +6,7 @@
     res = ef.sweep(model, prompts, [[ef.Edit(3, "attn_z", [h])] for h in range(9)], ef.KL())
 
 This module is the public API; the rooms behind it (emofast.sites, models, data, kernels,
-analysis, interventions, sweeps, discovery, eval, pipelines, report, cli) are its
+analysis, interventions, sweeps, discovery, sae, quant, eval, pipelines, report, cli) are its
 implementation. `ef.sweep` is the sweep function; its package is `emofast.sweeps`.
 """
 from .analysis import (EmotionDirections, LinearProbe, cross_model_alignment, default_directions,
@@ -21,6 +21,7 @@ from .eval import EmotionJudge, distinct_n, lm_preservation, recognize, select_s
 from .interventions import (Circuit, FeatureSteering, Intervention, Modulation, Steering,
                             generate, load_steering)
 from .models import DEFAULT_MODEL, Model, load_model
+from .quant import quant_info, quantize
 from .sae import SAE, SAETrainConfig, evaluate_sae, load_corpus, load_sae, save_sae, train_saes
 from .sites import KINDS, Scope, Site, hooks, parse_layers, parse_site, sites_for
 from .sweeps import (KL, Edit, FeatureEdit, LogitDiff, LogProb, ProbeProb, Projection, Steer, SweepResult,
@@ -34,7 +35,7 @@ __all__ = ["DEFAULT_MODEL", "EMOTIONS6", "KINDS", "KL", "Circuit", "Edit", "Emot
            "distinct_n", "emotion_metrics", "emotion_pca", "evaluate_sae", "example_activations", "fit_probe",
            "generate", "hooks", "importance_prompts", "layer_separability", "lm_preservation",
            "load_corpus", "load_dataset", "load_model", "load_sae", "load_steering", "load_skeletons", "neutral_sentences", "parse_layers",
-           "parse_site", "principal_angles", "prompt_activations", "rank_neurons", "recognize",
+           "parse_site", "principal_angles", "prompt_activations", "quant_info", "quantize", "rank_neurons", "recognize",
            "save_sae", "select_steering", "sev_directions", "sev_prompts", "sites_for", "steer_grid",
            "sublayer_importance", "subspace_overlap", "sweep", "train_saes", "text_activations",
            "unit_differences", "unit_scores", "verify_top"]

@@ -1,5 +1,5 @@
 """The `emofast` command: demo, directions, steer, sweep, discover, judge, sae, recognize,
-features; one module each.
+features, quant; one module each.
 
 Each subcommand module parses its flags into a config (or a library call's arguments) and calls
 a pipeline or library function; `emofast <command> --help` explains each.
@@ -11,9 +11,9 @@ import os
 import sys
 
 from ..validation import Interrupted
-from . import demo, directions, discover, features, judge, recognize, sae, steer, sweep
+from . import demo, directions, discover, features, judge, quant, recognize, sae, steer, sweep
 
-COMMANDS = (demo, directions, steer, sweep, discover, judge, sae, recognize, features)
+COMMANDS = (demo, directions, steer, sweep, discover, judge, sae, recognize, features, quant)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,9 +18,10 @@ Formats (one JSON object per line; a malformed line is an error naming file and 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 EMOTIONS6 = ("anger", "sadness", "happiness", "fear", "surprise", "disgust")
 VALENCES = ("positive", "neutral", "negative")
@@ -250,4 +251,26 @@ def sev_prompts(skeletons: list[Skeleton], *, emotions: tuple[str, ...] | None =
                                          f"{', '.join(EXPRESSION_OPENERS)}")
                     opener = EXPRESSION_OPENERS[emotion][k % len(EXPRESSION_OPENERS[emotion])]
                 out.append(Prompt(system, user, emotion, valence, s.skeleton_id, opener))
+    return out
+
+
+def labelled_sample(spec: str, emotions: Sequence[str], n: int | None, seed: int
+                    ) -> list[Example]:
+    """DATASET[:SPLIT] (a built-in name or a labelled JSONL; SPLIT filters its 'split' field)
+    -> up to n texts per emotion (a seeded sample; n None: all), grouped by emotion in
+    `emotions` order."""
+    name, _, split = spec.partition(":") if not Path(spec).is_file() else (spec, "", "")
+    examples = load_dataset(name)
+    if split:
+        examples = [e for e in examples if e.meta.get("split") == split]
+        if not examples:
+            raise ValueError(f"{name} has no texts of split {split!r}")
+    out = []
+    for emotion in emotions:
+        mine = [e for e in examples if e.label == emotion]
+        if not mine:
+            raise ValueError(f"{spec} has no texts labelled {emotion!r}")
+        if n is not None and n < len(mine):
+            mine = random.Random(f"{seed}:{emotion}").sample(mine, n)
+        out += mine
     return out

@@ -3,7 +3,7 @@
     from emofast.pipelines import DemoConfig, run_demo
     result = run_demo(model, DemoConfig.full(), "emofast-demo")
 
-demo, directions, discover, circuits, features. Each takes a config dataclass whose defaults are the quick
+demo, directions, discover, circuits, features, quant. Each takes a config dataclass whose defaults are the quick
 preset (`Config.full()` the full one; `emofast <command>` flags map one-to-one onto its fields)
 and returns a typed result with `to_json()` (what report.json holds). Pipelines never import each
 other: what two share lives in the library (e.g. `emofast.eval.select_steering`).
@@ -13,8 +13,9 @@ from .demo import DemoConfig, DemoResult, run_demo
 from .directions import DirectionsConfig, DirectionsResult, run_directions
 from .discover import DiscoverConfig, DiscoverResult, run_discover
 from .features import FeaturesConfig, FeaturesResult, run_features
+from .quant import QuantConfig, QuantResult, run_quant_compare, run_quant_profile
 
 __all__ = ["CircuitsConfig", "CircuitsResult", "DemoConfig", "DemoResult", "DirectionsConfig",
            "DirectionsResult", "DiscoverConfig", "DiscoverResult", "FeaturesConfig",
-           "FeaturesResult", "run_circuits", "run_demo", "run_directions", "run_discover",
-           "run_features"]
+           "FeaturesResult", "QuantConfig", "QuantResult", "run_circuits", "run_demo", "run_directions", "run_discover",
+           "run_features", "run_quant_compare", "run_quant_profile"]

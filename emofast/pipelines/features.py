@@ -33,7 +33,6 @@ Writes DIR/report.json, PNGs and DIR/index.html.
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from .. import report
 from ..analysis import default_directions
 from ..analysis.feature_flow import FeatureFlow, feature_directions, feature_flow
 from ..analysis.units import unit_differences
-from ..data import EMOTIONS6, Example, load_dataset, load_skeletons, neutral_sentences
+from ..data import EMOTIONS6, Example, labelled_sample, load_skeletons, neutral_sentences
 from ..discovery import assemble_circuit, unit_scores
 from ..discovery.feature_steering import (FACTORS, PER_EMOTION, SteeringChoice,
                                           choose_feature_steering, matched_random)
@@ -54,8 +53,7 @@ from ..eval.preservation import lm_preservation
 from ..eval.recognition import recognize
 from ..interventions import Modulation, Steering
 from ..models import Model
-from ..sae import SAE, load_sae
-from ..sae.formats import cached_sae_folder
+from ..sae import SAE, load_sae_set
 from ._config import check_numbers, checked, option, preset_name, report_folder, writes_report
 from ._features_report import write_index, write_plots
 
@@ -167,37 +165,6 @@ class FeaturesResult:
                 "elapsed_s": self.elapsed_s}
 
 
-def sae_set(model: Model, folder: str = "") -> list[SAE]:
-    """Every SAE folder under `folder` (default: the model's cached set), fitted to the model."""
-    root = Path(folder) if folder else cached_sae_folder(model.name, "L0.resid_post").parent
-    subs = sorted(p.parent for p in root.glob("*/cfg.json"))
-    if not subs:
-        raise FileNotFoundError(f"no SAE set at {root} (no */cfg.json): train one with "
-                                "`emofast sae train` (about 15 minutes on a 2-core CPU) or "
-                                "pass saes=FOLDER")
-    return [load_sae(p, model, device=model.device) for p in subs]
-
-
-def labelled(spec: str, emotions, n: int | None, seed: int) -> list[Example]:
-    """DATASET[:SPLIT] -> up to n texts per emotion (a seeded sample; n None: all), grouped by
-    emotion in `emotions` order."""
-    name, _, split = spec.partition(":") if not Path(spec).is_file() else (spec, "", "")
-    examples = load_dataset(name)
-    if split:
-        examples = [e for e in examples if e.meta.get("split") == split]
-        if not examples:
-            raise ValueError(f"{name} has no texts of split {split!r}")
-    out = []
-    for emotion in emotions:
-        mine = [e for e in examples if e.label == emotion]
-        if not mine:
-            raise ValueError(f"{spec} has no texts labelled {emotion!r}")
-        if n is not None and n < len(mine):
-            mine = random.Random(f"{seed}:{emotion}").sample(mine, n)
-        out += mine
-    return out
-
-
 @writes_report
 def run_features(model: Model, config: FeaturesConfig | None = None,
                  out: str | Path = "emofast-features", *, progress: bool = True
@@ -205,13 +172,13 @@ def run_features(model: Model, config: FeaturesConfig | None = None,
     """The whole features report (module docstring)."""
     cfg = checked(config, FeaturesConfig, "run_features")
     start, out = report_folder(out)
-    saes = sae_set(model, cfg.saes)
+    saes = load_sae_set(model, cfg.saes)
     emotions = cfg.emotions
-    train = labelled(cfg.train, emotions, cfg.n_train, cfg.seed)
+    train = labelled_sample(cfg.train, emotions, cfg.n_train, cfg.seed)
     neutral = neutral_sentences(cfg.n_neutral)
     clock = report.Stopwatch()
     flow = clock.run("flow", feature_flow, model, saes,
-                     labelled(cfg.flow_data, emotions, cfg.n_flow, cfg.seed), emotions=emotions,
+                     labelled_sample(cfg.flow_data, emotions, cfg.n_flow, cfg.seed), emotions=emotions,
                      n_permutations=cfg.n_permutations, fdr=cfg.fdr, batch_size=cfg.batch_size,
                      seed=cfg.seed, progress=progress)
     trace = clock.run("tracing", trace_features, model, saes, train, labels=emotions,
@@ -236,7 +203,7 @@ def run_features(model: Model, config: FeaturesConfig | None = None,
         preservation = {name: {"kl_neutral": p.kl_mean, "ppl_change": p.ppl_edited / p.ppl_clean}
                         for name, p in zip(("steered", "random_control"), pres)}
     evaluations = [clock.run("held-out recognition", _evaluate, model, spec,
-                             labelled(spec, emotions, cfg.n_eval, cfg.seed), emotions,
+                             labelled_sample(spec, emotions, cfg.n_eval, cfg.seed), emotions,
                              choice.steering, control, cfg.batch_size, progress)
                    for spec in cfg.evals]
     controls = clock.run("controls", _controls, model, cfg, flow, saes, neutral,

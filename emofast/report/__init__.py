@@ -13,7 +13,8 @@ a pipeline's stages. Only pipelines write reports; other rooms use files.write_j
 
 from emofast.report.files import write_json
 from emofast.report.html import Section, Table, write_index
-from emofast.report.plots import plot_bars, plot_heatmap, plot_layer_curves, plot_scatter_2d
+from emofast.report.plots import (plot_bars, plot_distribution, plot_heatmap, plot_layer_curves,
+                                  plot_scatter_2d)
 from emofast.report.timing import Stopwatch
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "plot_scatter_2d",
     "plot_heatmap",
     "plot_bars",
+    "plot_distribution",
     "Section",
     "Table",
     "write_index",

@@ -1,4 +1,5 @@
-"""PNG plots for report folders: layer curves, 2-D scatters, heatmaps, grouped bars.
+"""PNG plots for report folders: layer curves, 2-D scatters, heatmaps, grouped bars, a null
+distribution with marks.
 
 Each function draws one figure, writes it to `path` as a PNG (dpi 120, tight bounding box),
 creates parent directories, and returns the path. Figures are built with
@@ -27,7 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from emofast.report.files import atomic_path
 
-__all__ = ["plot_layer_curves", "plot_scatter_2d", "plot_heatmap", "plot_bars"]
+__all__ = ["plot_layer_curves", "plot_scatter_2d", "plot_heatmap", "plot_bars",
+           "plot_distribution"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence]
 DPI = 120
@@ -260,5 +262,33 @@ def plot_bars(
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.margins(y=0.12)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return _save(fig, path)
+
+
+def plot_distribution(
+    path: str | Path,
+    values: ArrayLike,
+    marks: dict[str, float],
+    *,
+    title: str,
+    xlabel: str,
+) -> Path:
+    """Histogram of `values` (a null distribution) with one vertical line per marked value."""
+    v = _as_array(values, "values", 1)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        raise ValueError("plot_distribution needs at least one finite value")
+    fig = _new_figure(6.0, 3.8)
+    ax = fig.add_subplot()
+    ax.hist(v, bins=max(5, min(30, len(v) // 2)), color="0.75", edgecolor="white",
+            label=f"null ({len(v)})")
+    for i, (name, x) in enumerate(marks.items()):
+        if np.isfinite(x):
+            ax.axvline(x, color=f"C{i}", linewidth=2, label=f"{name} ({x:+.3g})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("arms")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)

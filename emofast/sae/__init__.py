@@ -4,9 +4,9 @@ its evaluation on held-out text (`evaluate_sae`), training of many sites at once
 BatchTopK, ReLU + L1 or JumpReLU (`train_saes` on `load_corpus` documents)."""
 from .corpus import load_corpus
 from .evaluate import SAEEvaluation, evaluate_sae
-from .formats import FORMATS, load_sae, save_sae
+from .formats import FORMATS, load_sae, load_sae_set, save_sae
 from .model import ARCHITECTURES, NORMALIZATIONS, SAE
 from .train import SAETrainConfig, SAETrainResult, train_saes
 
 __all__ = ["ARCHITECTURES", "FORMATS", "NORMALIZATIONS", "SAE", "SAEEvaluation", "SAETrainConfig",
-           "SAETrainResult", "evaluate_sae", "load_corpus", "load_sae", "save_sae", "train_saes"]
+           "SAETrainResult", "evaluate_sae", "load_corpus", "load_sae", "load_sae_set", "save_sae", "train_saes"]

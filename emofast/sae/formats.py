@@ -90,6 +90,18 @@ def cached_sae_folder(model_name: str, site: str) -> Path:
     return cache_dir() / "saes" / Path(model_name).name / str(parse_site(site))
 
 
+def load_sae_set(model, folder: str = "") -> list:
+    """Every SAE folder under `folder` (default: the model's cached set, what `emofast sae
+    train` writes), each loaded and fitted to the model, sorted by folder name."""
+    root = Path(folder) if folder else cached_sae_folder(model.name, "L0.resid_post").parent
+    subs = sorted(p.parent for p in root.glob("*/cfg.json"))
+    if not subs:
+        raise FileNotFoundError(f"no SAE set at {root} (no */cfg.json): train one with "
+                                "`emofast sae train` (about 15 minutes on a 2-core CPU) or "
+                                "pass saes=FOLDER")
+    return [load_sae(p, model, device=model.device) for p in subs]
+
+
 def _cached(name: str) -> Path:
     """"<model>/<site>" (e.g. smollm2-135m-instruct/L24.resid_post) in the cache, or an error
     that gives the command training it."""
