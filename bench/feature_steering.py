@@ -19,11 +19,10 @@ from datetime import date
 from pathlib import Path
 
 import emofast as ef
-from emofast.data import EMOTIONS6
+from emofast.data import EMOTIONS6, labelled_sample
 from emofast.discovery.feature_steering import (choose_feature_steering, emotion_attributions,
                                                 matched_random)
 from emofast.eval.preservation import lm_preservation
-from emofast.data import labelled_sample
 from emofast.sae import load_sae_set
 
 REPLIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "emotion-circuits" / \

@@ -103,8 +103,9 @@ def write_index(out: Path, r) -> None:
     null = [a for a in r.arms if a.arm.kind == "null_check"]
     if null:
         a = null[0]
-        sections.append(S("Null check", f"{a.arm.name}: the embedded weights are Q4_1 values, "
-                          f"so re-quantizing them must change nothing: mean KL "
+        sections.append(S("Null check", f"{a.arm.name}: re-quantizing every linear to Q4_1 "
+                          "(a null for the embedded SmolLM2, whose weights are Q4_1 values): "
+                          f"mean KL "
                           f"{a.general['kl_mean']:.3g} nats, same top token "
                           f"{a.general['same_top']:.4f}, feature survival "
                           f"{a.metrics['feature_survival_all']:.3f}."))
@@ -159,8 +160,14 @@ def _test_and_deep(r) -> list:
                           [f"by_layer_{m}.png" for m in SHOWN]))
     if r.deep:
         ref_b = r.deep["reference"]["behaviour"]
-        rows = [["reference", "-", "-", "-", "-", "-", ref_b["recognition_accuracy"],
-                 _steer(ref_b, "reference directions"), "-"]]
+        rel = r.deep["reference"]["causal"]["reliability"].values()
+
+        def mean(key):
+            v = [x[key] for x in rel if x[key] == x[key]]
+            return sum(v) / len(v) if v else "-"
+        rows = [["reference (even vs odd prompts)", mean("heads_tau_halves"),
+                 mean("heads_jaccard10_halves"), mean("features_tau_halves"), "-", "-",
+                 ref_b["recognition_accuracy"], _steer(ref_b, "reference directions"), "-"]]
         for name, d in r.deep["arms"].items():
             c, b = d["causal"]["mean"], d["behaviour"]
             rows.append([name, c["heads_kendall_tau"], c["heads_jaccard10"],

@@ -85,7 +85,7 @@ class QuantConfig:
     causal_scope: str = option("last", "scope of the causal head and feature ablations (last: "
                                "the answer position; all: every token)")
     n_recognition: int = option(5, "held-out recognition texts per emotion (emo6 test)")
-    steer_alphas: tuple[float, ...] = option((1.0, 2.0), "steering strengths (rms-scaled)")
+    steer_alphas: tuple[float, ...] = option((0.5, 1.0), "steering strengths (rms-scaled)")
     n_direction_skeletons: int = option(6, "sev6 train skeletons the steering directions are "
                                         "derived from, on the reference and on each arm")
     n_skeletons: int = option(1, "held-out sev6 skeletons for steering (3 prompts each)")
@@ -124,7 +124,7 @@ class QuantConfig:
         return dataclasses.replace(
             cls(), n_general=64, general_chars=400, n_emotion=30, n_random=100, single_step=1,
             stride=2, schemes=("q4_0", "q5_0", "q8_0", *BNB), n_causal=8, n_candidates=8,
-            causal_scope="all", n_recognition=20, steer_alphas=(0.5, 1.0, 2.0, 4.0),
+            causal_scope="all", n_recognition=20, steer_alphas=(0.25, 0.5, 1.0, 2.0),
             n_skeletons=3, n_direction_skeletons=36, max_new_tokens=24, n_neutral=24,
             deep=("early", "middle", "late", "whole nf4", "whole q4_0"))
 

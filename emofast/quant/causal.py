@@ -8,6 +8,8 @@ Per emotion, on its recognition prompts (`emofast.eval.recognition`) and its rec
 - heads: the exact effect of zero-ablating each attention head alone, as a ranking; under
   quantization its Kendall tau-b with the reference ranking and the Jaccard overlap of the 10
   heads of largest |effect|;
+- the reference's own split-half agreement (even against odd prompts: tau and Jaccard@10), the
+  noise ceiling of those numbers;
 - features: the reference's top candidate SAE features (`feature_attribution`'s estimate, the
   `n_candidates` largest |estimate| per SAE), each zeroed alone (`FeatureEdit`) on the reference
   and on the arm, with the frozen reference SAEs; Kendall tau-b of the exact effects, the share
@@ -40,18 +42,26 @@ class CausalReference:
     heads: dict[str, list[float]]                     # emotion -> effect per (layer, head)
     features: dict[str, list[float]]                  # emotion -> effect per candidate
     scope: str
+    reliability: dict[str, dict[str, float]]          # emotion -> split-half Kendall tau
     saes: list[SAE]
 
     def to_json(self) -> dict:
         return {"labels": self.labels, "scope": self.scope,
                 "candidates": {e: [list(c) for c in v] for e, v in self.candidates.items()},
-                "heads": self.heads, "features": self.features}
+                "heads": self.heads, "features": self.features,
+                "reliability": self.reliability}
 
 
-def _effects(model: Model, prompts, variants, metric, scope, batch_size) -> list[float]:
+def _effects(model: Model, prompts, variants, metric, scope, batch_size, halves: bool = False):
+    """Exact effects (variant - clean) [V], averaged over prompts; halves: also the effects on
+    the even and on the odd prompts (the split-half reliability of the reference's ranking)."""
     res = sweep(model, prompts, [[]] + variants, metric, scope=scope, batch_size=batch_size,
                 progress=False)
-    return (res.values[1:] - res.values[0]).tolist()
+    eff = (res.values[1:] - res.values[0]).tolist()
+    if not halves:
+        return eff
+    d = res.per_prompt[1:] - res.per_prompt[:1]                          # [V, P]
+    return eff, d[:, 0::2].mean(1).tolist(), d[:, 1::2].mean(1).tolist()
 
 
 def _head_variants(model: Model) -> list[list[Edit]]:
@@ -65,7 +75,7 @@ def causal_reference(model: Model, saes: Sequence[SAE], examples: Sequence[Examp
     """The reference's head and feature effects per emotion (module docstring)."""
     labels = list(labels)
     by_site = {s.site: s for s in saes}
-    out = CausalReference(labels, {}, {}, {}, {}, scope, list(saes))
+    out = CausalReference(labels, {}, {}, {}, {}, scope, {}, list(saes))
     for emotion in labels:
         prompts = [recognition_prompt(model, ex.text) for ex in examples if ex.label == emotion]
         if not prompts:
@@ -77,11 +87,16 @@ def causal_reference(model: Model, saes: Sequence[SAE], examples: Sequence[Examp
             cands += [(site, f) for f in est.abs().topk(min(n_candidates, est.numel()))
                       .indices.tolist()]
         out.prompts[emotion], out.candidates[emotion] = prompts, cands
-        out.heads[emotion] = _effects(model, prompts, _head_variants(model), metric,
-                                      scope, batch_size)
-        out.features[emotion] = _effects(model, prompts,
-                                         [[FeatureEdit(by_site[s], [f])] for s, f in cands],
-                                         metric, scope, batch_size)
+        out.heads[emotion], h_a, h_b = _effects(model, prompts, _head_variants(model), metric,
+                                                scope, batch_size, halves=True)
+        out.features[emotion], f_a, f_b = _effects(
+            model, prompts, [[FeatureEdit(by_site[s], [f])] for s, f in cands], metric, scope,
+            batch_size, halves=True)
+        two = len(prompts) >= 2
+        out.reliability[emotion] = {
+            "heads_tau_halves": kendall_tau(h_a, h_b) if two else float("nan"),
+            "heads_jaccard10_halves": jaccard_top(h_a, h_b, 10) if two else float("nan"),
+            "features_tau_halves": kendall_tau(f_a, f_b) if two else float("nan")}
     if not out.prompts:
         raise ValueError(f"causal_reference: no example is labelled one of {labels}")
     return out

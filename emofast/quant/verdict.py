@@ -120,8 +120,10 @@ def _verdict(t: dict, primary: list[str]) -> str:
             f"{_fmt(r['ci_late'][0])} to {_fmt(r['ci_late'][1])}) against {t['n_null']} random "
             f"layer sets at matched output KL, permutation p {r['p_late']:.3f} (Holm "
             f"{r['p_late_holm']:.3f}), t p {r['p_late_t']:.3g}; late minus early "
-            f"{_fmt(r['residual']['late'] - r['residual']['early'])}, late minus middle "
-            f"{_fmt(r['residual']['late'] - r['residual']['middle'])}")
+            f"{_fmt(r['residual']['late'] - r['residual']['early'])} (95% CI "
+            f"{_fmt(r['ci_late_minus_early'][0])} to {_fmt(r['ci_late_minus_early'][1])}), late "
+            f"minus middle {_fmt(r['residual']['late'] - r['residual']['middle'])}; the early "
+            f"third's residual {_fmt(r['residual']['early'])}, t p {r['p_early_t']:.3g}")
     if held:
         return f"Supported: late-layer quantization disproportionately degrades emotion features ({nums})."
     why = ""
