@@ -64,6 +64,7 @@ def write_plots(out: Path, r) -> None:
                                  title=f"{m}: residual at matched KL, random-layer null",
                                  xlabel="metric minus the null's fit at the arm's KL")
         fit = row["null_fit"]
+        lo, hi = r.test["null_kl_range"]
         located = [a for a in r.arms if a.arm.kind in ("window", "single", "region")
                    and a.arm.bits == r.config.headline]
         xs = sorted({_center(a.arm) for a in located})
@@ -78,7 +79,8 @@ def write_plots(out: Path, r) -> None:
                                      xlabel="centre of the quantized layers",
                                      ylabel="residual at matched KL", mark_best=False,
                                      title=f"{m} by layer range at matched output KL "
-                                     f"(rtn{r.config.headline}; 0 = the random null)")
+                                     f"(rtn{r.config.headline}; 0 = the random null, fit on "
+                                     f"KL {lo:.2g}-{hi:.2g}: beyond it, extrapolated)")
 
 
 def _num(x):
@@ -152,12 +154,23 @@ def _test_and_deep(r) -> list:
         out.append(S("The test at matched output KL", f"rtn{t['headline_bits']}, "
                           f"{t['n_null']} random layer sets as the null (smallest possible "
                           f"permutation p {t['smallest_possible_p']:.3f}). Residual: the "
-                          "metric minus the null's fit a + b log KL at the arm's KL.",
+                          "metric minus the null's fit a + b log KL at the arm's KL (the null "
+                          f"spans KL {t['null_kl_range'][0]:.3f} to {t['null_kl_range'][1]:.3f}; "
+                          f"the thirds sit at {', '.join(f'{k} {v:.3f}' for k, v in t['third_kl'].items())}).",
                           table=T(["metric", "early", "middle", "late", "late 95% CI",
                                    "p late", "Holm", "t p", "p early", "reliability",
                                    "holds", "other way"], rows),
                           images=[f"null_{m}.png" for m in SHOWN] +
                           [f"by_layer_{m}.png" for m in SHOWN]))
+    if r.test is not None and r.test.get("noise_control"):
+        rows = [[name, v[KL_KEY]["quantized"], v[KL_KEY]["noise"],
+                 *[x for m in SHOWN[:2] for x in (v[m]["quantized"], v[m]["noise"])]]
+                for name, v in r.test["noise_control"].items()]
+        out.append(S("Gaussian control", "Each third's quantized arm beside i.i.d. Gaussian "
+                     "noise of the same RMS on the same weights.",
+                     table=T(["arm", "KL quant", "KL noise",
+                              *[f"{m} {w}" for m in SHOWN[:2] for w in ("quant", "noise")]],
+                             rows)))
     if r.deep:
         ref_b = r.deep["reference"]["behaviour"]
         rel = r.deep["reference"]["causal"]["reliability"].values()

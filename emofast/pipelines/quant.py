@@ -189,7 +189,8 @@ def _arms(model: Model, cfg: QuantConfig) -> list[Arm]:
                          n_random=cfg.n_random, window=cfg.window or None,
                          stride=cfg.stride or None, singles=singles, modules=cfg.modules,
                          formats=cfg.schemes, noise="noise" in cfg.arms, seed=cfg.seed)
-    arms = [a for a in arms if a.kind in cfg.arms]
+    # the null check is a row of every report, whatever the kinds asked for
+    arms = [a for a in arms if a.kind in cfg.arms or a.kind == "null_check"]
     for a in arms:                     # every arm's bad input before any model work
         try:
             check_arm(model, a.scheme, a.layers, list(a.modules))

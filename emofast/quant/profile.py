@@ -174,6 +174,7 @@ def measure(model: Model, data: ProfileData, arm: Arm, *, progress: bool = False
                "feature_survival_matched": pooled["survival_matched"],
                "feature_survival_all": pooled["survival_all"],
                "feature_r_specific": pooled["r_emotion"] - pooled["r_matched"],
+               "peak_vs_r_spearman": surv["peak_vs_r_spearman"],
                "direction_cosine": float(cos.mean()), "probe_frozen": mean(probes["frozen"]),
                "probe_refit": mean(probes["refit"]), "drift_last": dr["rel_l2"][-1]}
     hv = {}

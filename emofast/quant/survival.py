@@ -147,8 +147,28 @@ def survival(ref_acts: dict[str, torch.Tensor], arm_acts: dict[str, torch.Tensor
         out.append({"threshold": threshold,
                     "pooled": _summary({k: torch.cat(v) if v else torch.zeros(0)
                                         for k, v in pooled.items()}, threshold),
-                    "per_site": per_site})
+                    "per_site": per_site,
+                    "peak_vs_r_spearman": _peak_vs_r({s: r[g] for s, r in rs.items()},
+                                                     chosen)})
     return out
+
+
+def _peak_vs_r(rs: dict[str, torch.Tensor], chosen: ChosenFeatures) -> float:
+    """Spearman correlation, over the active features of every SAE, of log peak activation
+    (relative to the SAE's median active peak) with the feature's r: does peak predict
+    survival?"""
+    peak, r = [], []
+    for site, v in rs.items():
+        act = chosen.active[site]
+        p = chosen.peak[site][act].clamp_min(1e-12).log()
+        peak.append(p - p.median())
+        r.append(v[act])
+    if not peak or sum(len(x) for x in peak) < 3:
+        return float("nan")
+    x, y = average_ranks(torch.cat(peak)[:, None])[:, 0], average_ranks(torch.cat(r)[:, None])[:, 0]
+    x, y = x - x.mean(), y - y.mean()
+    den = float((x.pow(2).sum() * y.pow(2).sum()).sqrt())
+    return float((x * y).sum()) / den if den > 0 else float("nan")
 
 
 def _summary(groups: dict[str, torch.Tensor], threshold: float) -> dict:

@@ -81,10 +81,13 @@ def brittleness_test(results: Sequence[ArmResult], *, headline_bits: int,
                           and r["ci_late_minus_middle"][1] < 0)
         r["other_way"] = bool(r["p_early_holm"] < alpha)
     out = {"headline_bits": headline_bits, "n_null": len(null), "alpha": alpha,
+           "null_kl_range": [min(x_null), max(x_null)],
+           "third_kl": {k: r.metrics[KL_KEY] for k, r in third.items()},
            "smallest_possible_p": 1 / (len(null) + 1),
            "families": families,
            "smallest_possible_holm_p": min(1.0, max(len(f) for f in families) / (len(null) + 1)),
-           "metrics": rows, "matched_kl": matched_kl(results, metrics)}
+           "metrics": rows, "matched_kl": matched_kl(results, metrics),
+           "noise_control": noise_control(results, metrics)}
     out["verdict"] = _verdict(out, [m for m in PRIMARY if m in rows] or list(metrics))
     return out
 
@@ -111,6 +114,19 @@ def matched_kl(results: Sequence[ArmResult], metrics: Sequence[str]) -> dict:
     return {"kl": points, "by_metric": table}
 
 
+def noise_control(results: Sequence[ArmResult], metrics: Sequence[str]) -> dict:
+    """Per Gaussian-noise arm: its output KL and metrics beside the quantized arm whose error
+    it matches (same weights, same error RMS): is quantization error worse than noise?"""
+    by_name = {r.arm.name: r for r in results}
+    out = {}
+    for r in results:
+        if r.arm.kind == "noise" and r.arm.noise_of in by_name:
+            q = by_name[r.arm.noise_of]
+            out[r.arm.noise_of] = {m: {"quantized": q.metrics[m], "noise": r.metrics[m]}
+                                   for m in (KL_KEY, *metrics)}
+    return out
+
+
 def _verdict(t: dict, primary: list[str]) -> str:
     rows, k = t["metrics"], t["headline_bits"]
     held = [m for m in primary if rows[m]["holds"]]
@@ -122,15 +138,20 @@ def _verdict(t: dict, primary: list[str]) -> str:
             f"{r['p_late_holm']:.3f}), t p {r['p_late_t']:.3g}; late minus early "
             f"{_fmt(r['residual']['late'] - r['residual']['early'])} (95% CI "
             f"{_fmt(r['ci_late_minus_early'][0])} to {_fmt(r['ci_late_minus_early'][1])}), late "
-            f"minus middle {_fmt(r['residual']['late'] - r['residual']['middle'])}; the early "
-            f"third's residual {_fmt(r['residual']['early'])}, t p {r['p_early_t']:.3g}")
+            f"minus middle {_fmt(r['residual']['late'] - r['residual']['middle'])}")
     if held:
-        return f"Supported: late-layer quantization disproportionately degrades emotion features ({nums})."
+        return ("Supported: late-layer quantization disproportionately degrades emotion "
+                f"features ({nums}).")
+    e = min(primary, key=lambda x: rows[x]["p_early_t"])
+    re_ = rows[e]
+    side = ("the evidence points the other way, to the early third" if
+            re_["p_early_t_holm"] < t["alpha"] else "the early third")
+    early = (f"; {side}: {e} residual {_fmt(re_['residual']['early'])}, permutation p "
+             f"{re_['p_early']:.3f}, t p {re_['p_early_t']:.3g} (Holm {re_['p_early_t_holm']:.3g})")
     why = ""
     if t["smallest_possible_holm_p"] >= t["alpha"]:
         why = (f"; with {t['n_null']} null arms no Holm-adjusted permutation p can fall below "
-               f"{t['smallest_possible_holm_p']:.3f}, so this preset cannot establish the claim")
-    other = [x for x in primary if rows[x]["other_way"]]
-    if other:
-        why += f"; the early third is worse than the null on {', '.join(other)}"
-    return f"Not supported: late-layer quantization does not disproportionately degrade emotion features ({nums}{why})."
+               f"{t['smallest_possible_holm_p']:.3f}, so this preset cannot establish either "
+               "claim by permutation")
+    return ("Not supported: late-layer quantization does not disproportionately degrade "
+            f"emotion features ({nums}{early}{why}).")
