@@ -118,3 +118,37 @@ def test_q4_1_null_check_on_the_embedded_model(smollm):
     kl = (a.exp() * (a - b)).sum(-1)[enc["attention_mask"].bool()]
     assert float(kl.max()) == 0.0
     assert quant_info(q).bits_per_weight == 5.0 and len(quant_info(q).changed) == 7 * 30
+
+
+def rtn_numpy(w, bits, group, symmetric):
+    """An independent numpy fake quantizer (float16 scales, np.rint: half to even)."""
+    import numpy as np
+
+    x = w.astype(np.float32).reshape(w.shape[0], -1, group)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        s = (np.abs(x).max(-1, keepdims=True) / np.float32(qmax)).astype(np.float16)
+        s = s.astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.clip(np.rint(x / s), -qmax, qmax)
+        y = np.where(s == 0, 0.0, q * s)
+    else:
+        lo, hi = x.min(-1, keepdims=True), x.max(-1, keepdims=True)
+        s = ((hi - lo) / np.float32(2 ** bits - 1)).astype(np.float16).astype(np.float32)
+        m = lo.astype(np.float16).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.clip(np.rint((x - m) / s), 0, 2 ** bits - 1)
+        y = np.where(s == 0, m, q * s + m)
+    return torch.from_numpy(y.reshape(w.shape).astype(np.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme, bits, group, sym", [("rtn:2:32", 2, 32, False),
+                                                      ("rtn:4:64:sym", 4, 64, True),
+                                                      ("rtn:8:192:asym", 8, 192, False)])
+def test_real_weights_equal_an_independent_numpy_quantizer(smollm, scheme, bits, group, sym):
+    q = quantize(smollm, scheme, layers=[29], modules="mlp")
+    for name in quant_info(q).changed:
+        w = weight_out_in(smollm.hf.get_submodule(name))
+        got = weight_out_in(q.hf.get_submodule(name))
+        assert torch.equal(got, rtn_numpy(w.numpy(), bits, group, sym)), name
