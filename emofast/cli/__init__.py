@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from ..sweeps.distributed import torchrun_group
 from ..validation import Interrupted
 from . import demo, directions, discover, features, judge, quant, recognize, sae, steer, sweep
 
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # what was typed, for records such as the judge head's "command"
     try:
-        return args.fn(args)
+        with torchrun_group():          # launched by torchrun: the ranks' process group
+            return args.fn(args)
     except KeyboardInterrupt as e:
         said = str(e) if isinstance(e, Interrupted) else "interrupted"
         print(f"emofast {args.command}: {said}", file=sys.stderr)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from ..models import DEFAULT_MODEL, Model, load_model
 from ..models.loading import DTYPES
 from ..sites import Scope
+from ..sweeps.distributed import local_device
 from ..validation import arg, device
 
 
@@ -34,7 +35,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def load(args) -> Model:
-    return load_model(args.model, dtype=args.dtype, device=args.device,
+    """The model of the flags; under torchrun with CUDA each rank defaults to cuda:LOCAL_RANK."""
+    return load_model(args.model, dtype=args.dtype, device=args.device or local_device(),
                       quantization=args.quantization, progress=not args.quiet)
 
 

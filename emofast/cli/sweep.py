@@ -19,6 +19,7 @@ from pathlib import Path
 from ..analysis import default_directions
 from ..data import EMOTIONS6
 from ..sweeps import sweep
+from ..sweeps.distributed import is_rank0
 from ..sweeps.specs import METRICS, load_prompts, metric_from_spec, variants_from_spec
 from . import common
 from ..validation import arg, integer, numbers_list, positive, positive_int
@@ -151,6 +152,8 @@ def run(args) -> int:
                 batch_size=args.batch_size, memory_budget=budget, out=args.out,
                 progress=not args.quiet, repair=args.repair)
     n = len(variants)
+    if not is_rank0():                 # under torchrun rank 0 reports for every rank
+        return 0
     print(f"{n} variants x {len(prompts)} prompts, {args.engine}: {res.elapsed_s:.1f} s "
           f"({n / res.elapsed_s:.1f} variants/s" +
           (f", {res.resumed} resumed from {args.out}" if res.resumed else "") + ")")

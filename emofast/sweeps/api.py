@@ -39,7 +39,8 @@ dtype, device kind), prompts, variants, metric, scope, engine and batch size com
 is missing, a folder of another sweep refuses, a damaged part stops the sweep unless
 `repair=True` recomputes exactly the damaged parts, and the end writes results.json and
 results.safetensors (atomically). One run at a time writes into a folder (a lock); Ctrl-C says
-how much is saved. A variant whose metric is not finite (inf/nan: e.g. a steer far too strong)
+how much is saved. Inside a torch.distributed program (torchrun) the ranks share the variants
+and the folder (`emofast.sweeps.distributed`). A variant whose metric is not finite (inf/nan: e.g. a steer far too strong)
 stops the sweep with an error naming it.
 """
 from __future__ import annotations
@@ -59,6 +60,7 @@ from ..sites import Scope, legacy_scope
 from ..validation import Interrupted, positive_int
 from .batched import run_batched
 from .batches import encode_batches
+from .distributed import barrier, run_across_ranks, stored, world
 from .features import FeatureEdit, FeatureTable, lower_features
 from .job import Job, check_finite
 from .loop import run_loop
@@ -113,17 +115,36 @@ def sweep(model: Model, prompts: Sequence[str],
     _check_reach(variants, batches)
     src_batches = _sources(model, batches, variants, sources, scope.kind == "last", batch_size,
                            features)
+    fp = None if out is None else fingerprint(
+        model, prompts, variants, metric, scope, sources, table, engine=engine,
+        batch_size=batch_size, features=features)
+    if features is not None:
+        features.fit_means(model, batches)
+    job = Job(model, batches, src_batches, variants, table, metric, scope.kind == "last",
+              torch.empty(len(variants), batches[-1].stop, device=model.device), None,
+              None, memory_budget, features)
+    w = world()
+    if w is not None:
+        if out is None:
+            raise ValueError(f"a sweep across {w[1]} processes writes its chunks to out=DIR, "
+                             "a folder every rank sees: give one")
+        per_prompt, resumed, splits = run_across_ranks(
+            job, out, fp, engine=engine, repair=repair, progress=progress, run=_run,
+            n_layers=model.n_layers, w=w)
+        check_finite(variants, torch.arange(len(variants)), per_prompt)
+        result = SweepResult(per_prompt.mean(1), per_prompt, engine,
+                             time.perf_counter() - t0, resumed, splits)
+        if w[0] == 0:
+            with folder_lock(out):
+                write_results(out, result, variants, metric, scope, table, features)
+        barrier("rank 0 writing results.json")
+        return result
     with folder_lock(out) if out is not None else nullcontext():
-        store = None if out is None else SweepStore(out, fingerprint(
-            model, prompts, variants, metric, scope, sources, table, engine=engine,
-            batch_size=batch_size, features=features), repair=repair)
-        if features is not None:
-            features.fit_means(model, batches)
-        job = Job(model, batches, src_batches, variants, table, metric, scope.kind == "last",
-                  torch.empty(len(variants), batches[-1].stop, device=model.device), store,
-                  None, memory_budget, features)
+        store = None if out is None else SweepStore(out, fp, repair=repair)
+        job = job._replace(store=store)
         try:
-            result = _compute(job, engine, progress)
+            result = _compute(job, engine, progress,
+                              {} if out is None else stored(out, fp, main=store))
         except KeyboardInterrupt:
             if store is None:
                 raise
@@ -135,11 +156,10 @@ def sweep(model: Model, prompts: Sequence[str],
     return result
 
 
-def _compute(job: Job, engine: str, progress: bool) -> SweepResult:
-    """The variants not in the job's store computed, the stored ones read back (elapsed_s
-    left 0)."""
+def _compute(job: Job, engine: str, progress: bool, done: dict) -> SweepResult:
+    """The variants not in `done` (what the job's folder and its rank stores hold) computed,
+    the stored ones read back (elapsed_s left 0)."""
     variants, per_prompt = job.variants, job.per_prompt
-    done = job.store.done if job.store else {}
     for i, row in done.items():
         per_prompt[i] = row.to(per_prompt.device)
     todo = [i for i in range(len(variants)) if i not in done]
