@@ -8,8 +8,10 @@ Steps, in order, each reported as ok / failed (with the error) / skipped (with t
 missing package or a failing step never stops the rest:
 1. environment: device, versions, whether the C++ extension loaded (CPU faces and the C++
    planner are not needed on the GPU; without the extension the planner's Python twin runs);
-2. gpu tests: `pytest -m gpu` (tests/kernels/test_gpu_kernels.py, tests/sweeps/test_gpu_sweeps.py):
-   every Triton face and the batched engine against their oracles, before any number counts;
+2. gpu tests: `pytest -m gpu` (tests/kernels/test_gpu_kernels.py, tests/sweeps/test_gpu_sweeps.py,
+   tests/sweeps/test_torchrun.py): every Triton face and the batched engine against their
+   oracles, before any number counts, and a torchrun world of 1 (the NCCL path of distributed
+   sweeps; gloo in the smoke run);
 3. kernels: bench/kernels/gpu_kernels.py (every op vs its baselines and the measured ceilings);
 4. sweeps: bench/sweeps/gpu_sweeps.py (the paper's 672-head workload, loop vs batched);
 5. SAE training: bench/sae_train_step.py (TopK steps at d_in 3072, d_sae 65536, k 64, bf16:

@@ -31,11 +31,11 @@ RANKS_DIR = "ranks"
 
 
 def world() -> tuple[int, int] | None:
-    """(rank, world size) inside an initialised torch.distributed group of 2 or more, else
-    None (a single process, also under torchrun --nproc-per-node 1)."""
+    """(rank, world size) inside an initialised torch.distributed group (a world of 1 too:
+    torchrun --nproc-per-node 1 runs the same path), else None."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+    if not (dist.is_available() and dist.is_initialized()):
         return None
     return dist.get_rank(), dist.get_world_size()
 
@@ -200,13 +200,12 @@ def run_across_ranks(job, out, fp: dict, *, engine: str, repair: bool, progress:
 
 @contextlib.contextmanager
 def torchrun_group():
-    """Under torchrun (WORLD_SIZE > 1 in the environment, no group yet): the process group for
-    the block, NCCL when CUDA is present (each rank on cuda:LOCAL_RANK), else gloo; destroyed
-    on exit. Elsewhere: nothing."""
+    """Under torchrun (RANK and WORLD_SIZE in the environment, no group yet): the process group
+    for the block, NCCL when CUDA is present (each rank on cuda:LOCAL_RANK), else gloo;
+    destroyed on exit. Elsewhere: nothing."""
     import torch.distributed as dist
 
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size < 2 or dist.is_initialized():
+    if not {"RANK", "WORLD_SIZE"} <= set(os.environ) or dist.is_initialized():
         yield
         return
     cuda = torch.cuda.is_available()
@@ -222,8 +221,7 @@ def torchrun_group():
 
 def local_device() -> str | None:
     """cuda:LOCAL_RANK under torchrun with CUDA, else None (the usual default)."""
-    if "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1 and \
-            torch.cuda.is_available():
+    if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ and torch.cuda.is_available():
         return f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return None
 

@@ -79,3 +79,15 @@ def test_two_agents_over_loopback(folder):
     texts = [a.communicate(timeout=240)[0] for a in agents]
     assert [a.returncode for a in agents] == [0, 0], texts
     assert values(out) == pytest.approx(single(folder), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.gpu
+def test_a_world_of_one_runs_the_distributed_path(folder, gpu):
+    """The device check's NCCL run (gloo in its CPU smoke): torchrun --nproc-per-node 1."""
+    out = folder / f"one-{gpu.type}"
+    p = run([*torchrun(), "--nproc-per-node", "1", "--master-port", str(free_port()),
+             "-m", "emofast", *common(folder, out), "--device", gpu.type, "--dtype", "float32"])
+    text = p.communicate(timeout=240)[0]
+    assert p.returncode == 0, text
+    assert (out / "ranks" / "0").is_dir()                     # the distributed path ran
+    assert values(out) == pytest.approx(single(folder), rel=1e-3, abs=1e-4)
