@@ -130,15 +130,6 @@ def stored_count(dirs: list[Path]) -> int:
     return n
 
 
-def broadcast_ok(ok: bool) -> bool:
-    """True when every rank says ok (one all-reduce)."""
-    import torch.distributed as dist
-
-    t = torch.tensor([0 if ok else 1])
-    dist.all_reduce(t)
-    return int(t) == 0
-
-
 def stored(out, fp: dict, *, repair: bool = False, main=None) -> dict[int, torch.Tensor]:
     """variant id -> [n_prompts] values from DIR (or its already open store `main`) and every
     DIR/ranks/* store (verified; the same fingerprint)."""
@@ -154,9 +145,11 @@ def run_across_ranks(job, out, fp: dict, *, engine: str, repair: bool, progress:
                      run, n_layers: int, w: tuple[int, int]):
     """The distributed sweep of the module docstring: returns (per_prompt [V, P] on the host,
     resumed, splits). `run(job, todo, engine)` is the single-process runner."""
+    import torch.distributed as dist
     from tqdm.auto import tqdm
 
     from ..report.lock import folder_lock
+    from ..report.parts import StoreError
     from .store import SweepStore
 
     rank, world_size = w
@@ -167,10 +160,12 @@ def run_across_ranks(job, out, fp: dict, *, engine: str, repair: bool, progress:
                 SweepStore(out, fp, repair=repair)
         except Exception as e:          # every rank learns of it, none hangs
             err = e
-    if not broadcast_ok(err is None):
+    said = [None if err is None else f"{type(err).__name__}: {err}"]
+    dist.broadcast_object_list(said, src=0)          # every rank raises rank 0's refusal
+    if said[0] is not None:
         if err is not None:
             raise err
-        raise ValueError(f"{out}: rank 0 refused the output folder (its error says why)")
+        raise StoreError(f"rank 0 refused the output folder: {said[0]}")
     barrier("opening the output folder")
     done = stored(out, fp)
     barrier("reading what is stored")

@@ -110,3 +110,11 @@ def test_a_distributed_sweep_needs_an_output_folder(tmp_path, monkeypatch):
     model = make_tiny("llama")
     with pytest.raises(ValueError, match="out=DIR"):
         sweep(model, PROMPTS, variants(model, "heads")[:4], KL(), progress=False)
+
+
+def test_a_folder_of_another_sweep_is_refused_on_every_rank(tmp_path):
+    model = make_tiny("llama")
+    sweep(model, PROMPTS, variants(model, "neurons"), KL(), out=tmp_path / "heads",
+          batch_size=2, progress=False)                  # another sweep in the same folder
+    with pytest.raises(Exception, match="different sweep"):
+        spawn(2, tmp_path, ["heads"])
