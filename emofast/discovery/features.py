@@ -113,6 +113,12 @@ def _distinct_sites(saes: Sequence[SAE]) -> list[SAE]:
     return sorted(saes, key=lambda s: (parse_site(s.site).layer, s.site))
 
 
+def top_candidates(attr: FeatureAttribution, n: int) -> list[tuple[str, int]]:
+    """(site, feature) of each SAE's n features of largest |estimate|, site by site."""
+    return [(site, f) for site, est in attr.estimate.items()
+            for f in est.abs().topk(min(n, est.numel())).indices.tolist()]
+
+
 def label_metric(model: Model, label: str, labels: Sequence[str]) -> LogitDiff:
     """The traced recognition metric: the mean logit of `label`'s first answer tokens minus that
     of every other label's (`emofast.eval.recognition.label_tokens`)."""
@@ -199,10 +205,7 @@ def trace_features(model: Model, saes: Sequence[SAE], examples: Sequence[Example
         prompts = [recognition_prompt(model, ex.text) for ex in examples if ex.label == emotion]
         metric = label_metric(model, emotion, labels)
         attr = feature_attribution(model, saes, prompts, metric, batch_size=batch_size)
-        cands = []
-        for site, est in attr.estimate.items():
-            top = est.abs().topk(min(n_candidates, est.numel())).indices.tolist()
-            cands += [(site, f) for f in top]
+        cands = top_candidates(attr, n_candidates)
         singles = [[FeatureEdit(by_site[s], [f])] for s, f in cands]
         res = sweep(model, prompts, [[]] + singles, metric, scope="all",
                     batch_size=batch_size, progress=False)

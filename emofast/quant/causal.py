@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from ..data import EMOTIONS6, Example
-from ..discovery.features import feature_attribution, label_metric
+from ..discovery.features import feature_attribution, label_metric, top_candidates
 from ..eval.recognition import recognition_prompt
 from ..models import Model
 from ..sae import SAE
@@ -82,10 +82,7 @@ def causal_reference(model: Model, saes: Sequence[SAE], examples: Sequence[Examp
             continue
         metric = label_metric(model, emotion, labels)
         attr = feature_attribution(model, saes, prompts, metric, batch_size=batch_size)
-        cands = []
-        for site, est in attr.estimate.items():
-            cands += [(site, f) for f in est.abs().topk(min(n_candidates, est.numel()))
-                      .indices.tolist()]
+        cands = top_candidates(attr, n_candidates)
         out.prompts[emotion], out.candidates[emotion] = prompts, cands
         out.heads[emotion], h_a, h_b = _effects(model, prompts, _head_variants(model), metric,
                                                 scope, batch_size, halves=True)

@@ -18,7 +18,6 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..analysis.directions import diff_of_means
 from ..analysis.probes import fit_probe
@@ -49,10 +48,10 @@ def massive_dims(resid: torch.Tensor, ratio: float = 100.0) -> list[int]:
     return sorted(set((peak > ratio * med[:, None]).nonzero()[:, 1].tolist()))
 
 
-def drift(ref: Pass, arm: Pass, massive: Sequence[int]) -> dict[str, list[float]]:
-    """Per layer, means over tokens of ||h - h_ref|| / ||h_ref|| and of cos(h, h_ref), on every
-    dimension and with the massive ones removed (from per-token sums: no [L, n, d] copies)."""
-    r, q = ref.resid, arm.resid
+def drift(r: torch.Tensor, q: torch.Tensor, massive: Sequence[int]) -> dict[str, list[float]]:
+    """Per layer, means over tokens of ||h - h_ref|| / ||h_ref|| and of cos(h, h_ref) for the
+    reference's and the arm's residuals r, q [L, n, d], on every dimension and with the massive
+    ones removed (from per-token sums: no [L, n, d] copies)."""
 
     def moments(a, b):                                    # [L, n] each: <a,a>, <b,b>, <a,b>
         return (torch.linalg.vecdot(a, a), torch.linalg.vecdot(b, b),

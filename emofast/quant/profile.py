@@ -15,7 +15,7 @@ attention sink, which the SAEs were not trained on).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -45,6 +45,7 @@ class ProfileData:
     sae_ref: dict[str, torch.Tensor]       # site -> [n_sae_tokens, d_sae]
     chosen: ChosenFeatures
     massive: list[int]
+    resid: torch.Tensor                    # [L, n_general + n_emotion, d] reference residuals
     layers: list[int]                      # direction and probe layers
     means: torch.Tensor                    # [L, N_emotion, d] reference text means
     ceiling: list[float]                   # per direction layer: split-half cosine, mean over E
@@ -68,15 +69,13 @@ class ArmResult:
     metrics: dict[str, float]
     halves: dict[str, list[float]]
     seconds: float
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"arm": self.arm.to_json(), "info": {k: v for k, v in self.info.items()
                                                     if k != "changed"},
                 "general": self.general, "emotion": self.emotion, "drift": self.drift,
                 "survival": self.survival, "directions": self.directions, "probes": self.probes,
-                "metrics": self.metrics, "halves": self.halves, "seconds": self.seconds,
-                **self.extra}
+                "metrics": self.metrics, "halves": self.halves, "seconds": self.seconds}
 
 
 def _sae_rows(p: Pass) -> torch.Tensor:
@@ -131,15 +130,12 @@ def prepare(model: Model, general: Sequence[str], examples: Sequence[Example],
                        for tg, te in zip(tok["general"], tok["emotion"]))
     means = text_means(e, range(model.n_layers))
     ceiling = split_half_ceiling(means[layers], labels, layers).mean(-1).tolist()
-    return ProfileData(g, e, labels, saes, sae_ref, chosen,
-                       massive_dims(torch.cat([g.resid, e.resid], 1), massive_ratio), layers,
+    resid = torch.cat([g.resid, e.resid], 1)
+    return ProfileData(g, e, labels, saes, sae_ref, chosen, massive_dims(resid, massive_ratio),
+                       resid, layers,
                        means, ceiling, (a, b),
                        tuple(reference_probes(means[layers], labels, h, seed) for h in (a, b)),
                        tok, threshold, time.perf_counter() - t0)
-
-
-def _concat(p: Pass, q: Pass) -> Pass:
-    return Pass(p.tokens, torch.cat([p.resid, q.resid], 1), {}, None)
 
 
 def measure(model: Model, data: ProfileData, arm: Arm, *, progress: bool = False) -> ArmResult:
@@ -148,7 +144,7 @@ def measure(model: Model, data: ProfileData, arm: Arm, *, progress: bool = False
     g = arm_pass(model, data.general, progress=progress)
     e = arm_pass(model, data.emotion, progress=progress)
     out_g, out_e = output_stats(data.general, g), output_stats(data.emotion, e)
-    dr = drift(_concat(data.general, data.emotion), _concat(g, e), data.massive)
+    dr = drift(data.resid, torch.cat([g.resid, e.resid], 1), data.massive)
     sae_arm = sae_acts(data.saes, _sae_inputs(g, e))
     surv, sae_a, sae_b = survival(data.sae_ref, sae_arm, data.chosen,
                                   torch.stack([torch.ones_like(data.token_halves["sae"][0]),

@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from ..analysis.feature_flow import auroc, average_ranks
+from ..discovery.attribution import spearman
 from ..sae import SAE
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -165,10 +166,7 @@ def _peak_vs_r(rs: dict[str, torch.Tensor], chosen: ChosenFeatures) -> float:
         r.append(v[act])
     if not peak or sum(len(x) for x in peak) < 3:
         return float("nan")
-    x, y = average_ranks(torch.cat(peak)[:, None])[:, 0], average_ranks(torch.cat(r)[:, None])[:, 0]
-    x, y = x - x.mean(), y - y.mean()
-    den = float((x.pow(2).sum() * y.pow(2).sum()).sqrt())
-    return float((x * y).sum()) / den if den > 0 else float("nan")
+    return spearman(torch.cat(peak), torch.cat(r))
 
 
 def _summary(groups: dict[str, torch.Tensor], threshold: float) -> dict:

@@ -20,6 +20,7 @@ activations). Each metric's split-half reliability over all arms is reported bes
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Sequence
 
 from .profile import EMOTION_METRICS, ArmResult
@@ -61,7 +62,7 @@ def brittleness_test(results: Sequence[ArmResult], *, headline_bits: int,
             return bootstrap_ci(stat, len(null), n_boot=n_boot, seed=seed)
         rows[m] = {
             "null_fit": {"a": fit.a, "b_per_log_kl": fit.b}, "residual": res,
-            "null_residual_sd": float(_sd(loo)), "null_residuals": loo,
+            "null_residual_sd": statistics.stdev(loo), "null_residuals": loo,
             "p_late": permutation_p(res["late"], loo), "p_late_t": prediction_p(res["late"], loo),
             "p_early": permutation_p(res["early"], loo),
             "p_early_t": prediction_p(res["early"], loo),
@@ -90,12 +91,6 @@ def brittleness_test(results: Sequence[ArmResult], *, headline_bits: int,
            "noise_control": noise_control(results, metrics)}
     out["verdict"] = _verdict(out, [m for m in PRIMARY if m in rows] or list(metrics))
     return out
-
-
-def _sd(v: Sequence[float]) -> float:
-    n = len(v)
-    mu = sum(v) / n
-    return math.sqrt(sum((x - mu) ** 2 for x in v) / max(n - 1, 1))
 
 
 def matched_kl(results: Sequence[ArmResult], metrics: Sequence[str]) -> dict:

@@ -40,8 +40,8 @@ is missing, a folder of another sweep refuses, a damaged part stops the sweep un
 `repair=True` recomputes exactly the damaged parts, and the end writes results.json and
 results.safetensors (atomically). One run at a time writes into a folder (a lock); Ctrl-C says
 how much is saved. Inside a torch.distributed program (torchrun) the ranks share the variants
-and the folder (`emofast.sweeps.distributed`). A variant whose metric is not finite (inf/nan: e.g. a steer far too strong)
-stops the sweep with an error naming it.
+and the folder (`emofast.sweeps.distributed`). A variant whose metric is not finite (inf/nan:
+e.g. a steer far too strong) stops the sweep with an error naming it.
 """
 from __future__ import annotations
 
