@@ -65,7 +65,9 @@ def add_parser(sub) -> None:
     p.add_argument("--directions", default=None, help="projection and steer: folder from "
                    "`emofast directions` (default: the model's sev6 directions, cached)")
     p.add_argument("--probe", default=None, help="probe: path prefix from `emofast directions`")
-    p.add_argument("--engine", choices=["batched", "loop"], default="batched")
+    p.add_argument("--engine", choices=["batched", "chain", "loop"], default="batched",
+                   help="chain: variants in file order, each from the previous one's state at "
+                   "the first layer where they differ (top-k curves)")
     p.add_argument("--batch-size", type=arg(positive_int), default=32, metavar="N",
                    help="prompts per forward")
     p.add_argument("--memory-budget", type=arg(positive), default=None, metavar="GIB",

@@ -111,7 +111,9 @@ def discover_emotion(model: Model, prompts: list[str], metric: Metric,
                             "mlp_act")}
     variants = {name: [grouped_edits([(i // n, i % n) for i in order[:k].tolist()], site)
                        for k in ks] for name, (order, n, site) in orders.items()}
-    res = sweep(model, prompts, [[]] + [v for name in CURVES for v in variants[name]], metric, **kw)
+    # nested sets: each k runs from k-1's state at the new unit's layer (`emofast.sweeps.chain`)
+    res = sweep(model, prompts, [[]] + [v for name in CURVES for v in variants[name]], metric,
+                engine="chain", **kw)
     effects = (res.values[1:] - res.values[0]).split([len(variants[name]) for name in CURVES])
     neuron_order = orders["neurons"][0].tolist()
     return EmotionDiscovery(

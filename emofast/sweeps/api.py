@@ -31,7 +31,10 @@ Engines. "loop" (`emofast.sweeps.loop`) is the reference: one hooked forward per
 prompt batch, edits by plain indexing. "batched" (`emofast.sweeps.batched`): the planner packs
 variants into chunks that fit `memory_budget` and each chunk runs from the clean run's state;
 variants holding other Interventions cannot be packed and run as the loop engine runs them (said
-once). Both engines give the same numbers (tests/sweeps).
+once). "chain" (`emofast.sweeps.chain`): the variants in the given order, each from the previous
+one's state at the first layer where they differ (nested sets such as top-k curves; not scope
+"last"). Prompts that begin with the same tokens share that prefix's forward in both
+(`emofast.sweeps.shared`). All engines give the same numbers (tests/sweeps).
 
 Output folder (`out`): finished pieces are stored as they complete, each checked by its sha256
 when read back (`emofast.sweeps.store`); a sweep called again with the same out, model (weights,
@@ -60,6 +63,7 @@ from ..sites import Scope, legacy_scope
 from ..validation import Interrupted, positive_int
 from .batched import run_batched
 from .batches import encode_batches
+from .chain import run_chain
 from .distributed import barrier, run_across_ranks, stored, world
 from .features import FeatureEdit, FeatureTable, lower_features
 from .job import Job, check_finite
@@ -69,13 +73,13 @@ from .plan import Add, Edit, Variant
 from .steer import AdditionTable, Steer, lower_steers
 from .store import SweepStore, fingerprint, write_results
 
-ENGINES = ("batched", "loop")
+ENGINES = ("batched", "chain", "loop")
 
 
 class SweepResult(NamedTuple):
     values: torch.Tensor        # [n_variants] fp32, the metric averaged over prompts
     per_prompt: torch.Tensor    # [n_variants, n_prompts] fp32, in the caller's orders
-    engine: str                 # "batched" or "loop"
+    engine: str                 # "batched", "chain" or "loop"
     elapsed_s: float            # wall time of this call, clean pass included
     resumed: int = 0            # variants read back from `out` instead of computed
     splits: int = 0             # chunks halved after running out of memory
@@ -84,7 +88,8 @@ class SweepResult(NamedTuple):
 @torch.inference_mode()
 def sweep(model: Model, prompts: Sequence[str],
           variants: Sequence[Variant | Sequence[Edit | Steer | Intervention]], metric: Metric, *,
-          engine: Literal["batched", "loop"] = "batched", scope: Scope | str | None = None,
+          engine: Literal["batched", "chain", "loop"] = "batched",
+          scope: Scope | str | None = None,
           batch_size: int = 32, memory_budget: int | None = None,
           out: str | os.PathLike | None = None, sources: Sequence[str] | None = None,
           progress: bool = True, repair: bool = False, positions=None) -> SweepResult:
@@ -185,7 +190,7 @@ def _run(job: Job, todo: list[int], engine: str) -> int:
     if generic:
         job.bar.write(f"sweep: {len(generic)} variant(s) hold Interventions the planner cannot "
                       "pack; they run one forward per variant, as engine='loop' does")
-    splits = run_batched(job, packed) if packed else 0
+    splits = (run_chain if engine == "chain" else run_batched)(job, packed) if packed else 0
     return splits + (run_loop(job, generic) if generic else 0)
 
 

@@ -7,6 +7,8 @@ or T - 1 when only the last token is edited). So `run_chunk` runs only the rest:
   clean resid_pre of layer f (positions >= s), shared by every variant;
 - positions < s come from the clean key/value cache (`cache=`), so layers >= f compute
   T - s positions per row, one position per layer when the last token is edited;
+- when s = 0 and prompts of the batch begin with the same tokens, each shared prefix runs once
+  per variant and the prompts' suffixes attend to its keys/values (`emofast.sweeps.shared`);
 - each row's ablation is applied by `masked_ablate`, each row's addition by `steer_add`, each
   row's SAE feature edit by `features.rows_feature_edit`;
 - only the last position goes through the final norm and the unembedding.
@@ -16,12 +18,13 @@ halves and retries from the failing prompt batch.
 from __future__ import annotations
 
 import os
+from typing import Callable, NamedTuple
 
 import torch
 from transformers import DynamicCache
 
 from ..kernels import masked_ablate
-from ..models import Model, kv_cache_kwargs, position_ids
+from ..models import Model, kv_cache_kwargs, position_ids, returned_cache
 from ..models.prefix import skip_layers
 from .batches import padded_starts
 from .clean import CleanState, clean_pass, readout, readout_hook, repeat_readout
@@ -29,30 +32,39 @@ from .features import FeatureTable, rows_feature_edit
 from .job import Job, finish, source_keys
 from .metrics import Metric, overflowed_to_nan
 from .plan import Chunk, plan_sweep
+from .shared import PrefixGroups, prefix_groups
 from .steer import AdditionTable, rows_steer
 
 
-def run_batched(job: Job, todo: list[int]) -> int:
-    """Plan chunks of the variants still to do; run each on every batch, halving on OOM.
-    Returns the number of halvings."""
-    model, batches, per_prompt = job.model, job.batches, job.per_prompt
+def plan_job(job: Job, todo: list[int]):
+    """The planner's chunks for the job's variants `todo`."""
+    model, batches = job.model, job.batches
     T_max = max(b.ids.shape[1] for b in batches)
     n_units = {"mlp_act": model.d_mlp, "attn_z": model.n_heads}
     if job.additions is not None:
         n_units["resid_post"] = len(job.additions)
     if job.features is not None:
         n_units["sae"] = len(job.features)
-    plan = plan_sweep([job.variants[i] for i in todo], n_layers=model.n_layers, n_units=n_units,
+    return plan_sweep([job.variants[i] for i in todo], n_layers=model.n_layers, n_units=n_units,
                       n_prompts=max(b.stop - b.start for b in batches),
                       bytes_per_row_per_layer=_row_layer_bytes(model, T_max),
                       memory_budget=job.memory_budget or default_memory_budget(model.device))
+
+
+def run_batched(job: Job, todo: list[int]) -> int:
+    """Plan chunks of the variants still to do; run each on every batch, halving on OOM.
+    Returns the number of halvings."""
+    model, batches, per_prompt = job.model, job.batches, job.per_prompt
+    plan = plan_job(job, todo)
     todo_t = torch.tensor(todo, dtype=torch.long)
     keys = {"mean": {k for c in plan.chunks for k, blk in c.blocks.items() if blk.mode == "mean"},
             "patch": source_keys(job, [job.variants[i] for i in todo])}
     states, means = clean_pass(model, batches, job.metric, mean_keys=keys["mean"], keep_kv=True,
                                first_layers={c.first_layer for c in plan.chunks},
                                sources=job.sources, patch_keys=keys["patch"], last=job.last)
-    fills = {k: m.flatten() for k, m in means.items()}                   # [W]
+    fw = Forward({k: m.flatten() for k, m in means.items()}, job.last, job.additions,
+                 job.features, job.metric)
+    shared = [None if job.last or st.kv is None else prefix_groups(st.batch) for st in states]
     splits = 0
 
     def run(chunk: Chunk, first_batch: int) -> None:
@@ -61,8 +73,7 @@ def run_batched(job: Job, todo: list[int]) -> int:
         for j in range(first_batch, len(states)):
             b = states[j].batch
             try:
-                vals = run_chunk(model, states[j], chunk, job.metric, fills=fills, last=job.last,
-                                 additions=job.additions, features=job.features)
+                vals = run_chunk(model, states[j], chunk, fw, shared=shared[j])
             except torch.OutOfMemoryError:
                 V_c = len(chunk.variant_ids)
                 if V_c == 1:
@@ -83,69 +94,154 @@ def run_batched(job: Job, todo: list[int]) -> int:
     return splits
 
 
-def run_chunk(model: Model, state: CleanState, chunk: Chunk, metric: Metric, *,
-              fills: dict, last: bool, additions: AdditionTable | None = None,
-              features: FeatureTable | None = None) -> torch.Tensor:
-    """Metric values [V_c * P] (variant-major) of the chunk's variants on one batch;
-    `additions` and `features` hold the entries its Add blocks index (`emofast.sweeps.steer`,
-    `emofast.sweeps.features`)."""
-    b, L = state.batch, model.n_layers
+class Forward(NamedTuple):
+    """What every chunk's forward needs besides the chunk: the mean fills [W] per (layer, site),
+    the scope, the Steer and SAE feature tables, the metric."""
+    fills: dict
+    last: bool
+    additions: AdditionTable | None
+    features: FeatureTable | None
+    metric: Metric
+
+
+def run_chunk(model: Model, state: CleanState, chunk: Chunk, fw: Forward, *,
+              shared: PrefixGroups | None = None, start=None,
+              capture: dict | None = None) -> torch.Tensor:
+    """Metric values [V_c * P] (variant-major) of the chunk's variants on one batch. `shared`:
+    the batch's prompts grouped by shared prefixes (`emofast.sweeps.shared`), used when the
+    chunk edits from position 0 without patching. `start`: the residual entering
+    chunk.first_layer (default the clean run's), in the layout of the run taken: a tensor
+    [V_c * P, T, d] or, with `shared`, (prefix [V_c * G, Tp, d], suffix [V_c * P, Ts, d]).
+    `capture`: {layer: None}, filled with the residual entering each of those layers (> first
+    layer) in the same layout (`emofast.sweeps.chain` starts the next variant from them)."""
+    b, L, metric = state.batch, model.n_layers, fw.metric
     V_c, T = len(chunk.variant_ids), b.ids.shape[1]
     f = chunk.first_layer
     if f >= L or metric.reads == "resid" and metric.resid_layer(L) < f:  # read is clean
         return metric(repeat_readout(state.readout, V_c))
     s = 0
     if state.kv is not None:
-        s = T - 1 if last else min(chunk.pos_start, T - 1)
-    seen = {}
-    hooks = _chunk_hooks(model, state, chunk, fills, last, additions, s, features)
-    if metric.reads == "resid":
-        hooks.append(readout_hook(model, metric, seen))
+        s = T - 1 if fw.last else min(chunk.pos_start, T - 1)
+    with model.overflow_watch() as overflow:
+        if s == 0 and shared is not None and not _patches(chunk, fw.features):
+            hidden_last, seen = _run_shared(model, state, chunk, fw, shared, start, capture)
+        else:
+            hidden_last, seen = _run_plain(model, state, chunk, fw, s, start, capture)
+    clean = None
+    if metric.reads == "logits":
+        clean = state.readout.clean_logprobs.repeat(V_c, 1)
+    return overflowed_to_nan(metric(readout(model, metric, hidden_last, seen, clean)), overflow)
+
+
+def _run_plain(model, state, chunk, fw: Forward, s: int, start, capture):
+    """One forward: positions >= s of every (variant, prompt) row, positions < s from the clean
+    key/value cache. Returns (final hidden state at T-1 [V_c * P, d], the metric's reads)."""
+    b, f, V_c = state.batch, chunk.first_layer, len(chunk.variant_ids)
+    T, seen = b.ids.shape[1], {}
+    pad = b.pad.repeat(V_c)
+    rows = _Rows(b.ids.device, b.stop - b.start,
+                 lambda p: (padded_starts(pad, p, T, fw.last) - s).clamp(0, T - s),
+                 {k: v[:, s:].repeat(V_c, 1, 1) for k, v in state.patch.items()})
+    hooks = _chunk_hooks(chunk, fw, rows, model.d_head) + _capturing(capture)
+    if fw.metric.reads == "resid":
+        hooks.append(readout_hook(model, fw.metric, seen))
     mask = b.mask.repeat(V_c, 1)
-    start_hidden = state.resid_pre[f][:, s:].repeat(V_c, 1, 1) if f > 0 else None
+    if start is None and f > 0:
+        start = state.resid_pre[f][:, s:].repeat(V_c, 1, 1)
     cache = _prefix_cache(model, state, V_c, f, s)
-    with skip_layers(model, f, start_hidden, state.tuple_blocks), model.hooks(hooks), \
-            model.overflow_watch() as overflow:
+    with skip_layers(model, f, start, state.tuple_blocks), model.hooks(hooks):
         out = model.hf.base_model(input_ids=b.ids[:, s:].repeat(V_c, 1), attention_mask=mask,
                                   position_ids=position_ids(mask)[:, s:],
                                   **kv_cache_kwargs(model.hf.base_model, cache,
                                                     cache is not None))
-    clean = None
-    if metric.reads == "logits":
-        clean = state.readout.clean_logprobs.repeat(V_c, 1)
-    return overflowed_to_nan(metric(readout(model, metric, out.last_hidden_state[:, -1], seen,
-                                            clean)), overflow)
+    return out.last_hidden_state[:, -1], seen
 
 
-def _chunk_hooks(model: Model, state: CleanState, chunk: Chunk, fills: dict, last: bool,
-                 additions: AdditionTable | None, s: int,
-                 features: FeatureTable | None = None) -> list:
-    """One hook per block: every row's own edit of the positions >= s the forward computes."""
-    b = state.batch
-    V_c, P, T = len(chunk.variant_ids), b.stop - b.start, b.ids.shape[1]
-    dev = b.ids.device
-    row_variant = torch.arange(V_c, device=dev).repeat_interleave(P)      # [V_c * P]
+def _run_shared(model, state, chunk, fw: Forward, groups: PrefixGroups, start, capture):
+    """Two forwards (`emofast.sweeps.shared`): each group's prefix once per variant, then every
+    prompt's suffix on its group's prefix keys/values. Returns what `_run_plain` returns."""
+    b, f, V_c, L = state.batch, chunk.first_layer, len(chunk.variant_ids), model.n_layers
+    base, G, P, seen = model.hf.base_model, len(groups.lens), b.stop - b.start, {}
+    if start is None and f > 0:
+        start = (groups.prefix_of(state.resid_pre[f]).repeat(V_c, 1, 1),
+                 groups.suffix_of(state.resid_pre[f]).repeat(V_c, 1, 1))
+    starts = start or (None, None)
+    pre = _Rows(b.ids.device, G, lambda p: groups.prefix_starts(p, V_c), {})
+    prefixes = {layer: None for layer in capture or ()}
+    mask = groups.prefix_mask.repeat(V_c, 1)
+    hooks = _chunk_hooks(chunk, fw, pre, model.d_head) + _capturing(prefixes)
+    with skip_layers(model, f, starts[0], state.tuple_blocks), model.hooks(hooks):
+        out = base(input_ids=groups.prefix_ids.repeat(V_c, 1), attention_mask=mask,
+                   position_ids=position_ids(mask),
+                   **kv_cache_kwargs(base, DynamicCache(config=model.hf.config), True))
+    prefix_kv = returned_cache(out).layers
+    row_group = (torch.arange(V_c, device=b.ids.device) * G).repeat_interleave(P) \
+        + groups.group.repeat(V_c)                                          # [V_c * P]
+    cache = DynamicCache(config=model.hf.config)
+    for layer in range(L):
+        k, v = prefix_kv[max(layer, f)].keys, prefix_kv[max(layer, f)].values
+        if layer < f:          # skipped: only a length is read (get_seq_length of layer 0)
+            k, v = k[:1], v[:1]
+        else:
+            k, v = k[row_group], v[row_group]
+        cache.update(k, v, layer)
+    suf = _Rows(b.ids.device, P, lambda p: groups.suffix_starts(p, V_c), {})
+    hooks = _chunk_hooks(chunk, fw, suf, model.d_head) + _capturing(
+        capture, lambda x, layer: (prefixes[layer], x))
+    if fw.metric.reads == "resid":
+        hooks.append(readout_hook(model, fw.metric, seen))
+    with skip_layers(model, f, starts[1], state.tuple_blocks), model.hooks(hooks):
+        out = base(input_ids=groups.suffix_ids.repeat(V_c, 1),
+                   attention_mask=groups.suffix_attention_mask().repeat(V_c, 1),
+                   position_ids=groups.suffix_pos.repeat(V_c, 1),
+                   **kv_cache_kwargs(base, cache, True))
+    return out.last_hidden_state[:, -1], seen
+
+
+def _capturing(capture: dict | None, value=lambda act, layer: act) -> list:
+    """resid_pre hooks that store value(act, layer) into capture[layer]."""
+    def fn(act, site):
+        capture[site.layer] = value(act, site.layer)
+    return [(f"L{layer}.resid_pre", fn) for layer in capture or ()]
+
+
+def _patches(chunk: Chunk, features: FeatureTable | None) -> bool:
+    """Whether the chunk patches from per-prompt sources (shared prefixes would mix them)."""
+    return any(blk.mode == "patch" for blk in chunk.blocks.values()) or bool(
+        features is not None and features.keys("patch")
+        and any(site == "sae" for _, site in chunk.blocks))
+
+
+class _Rows(NamedTuple):
+    """A forward's rows: `per_variant` rows per variant (variant-major), the first column each
+    row edits from its real-token start [V_c * per_variant], patch sources in this layout."""
+    device: torch.device
+    per_variant: int
+    starts: Callable[[torch.Tensor], torch.Tensor]
+    patch: dict
+
+
+def _chunk_hooks(chunk: Chunk, fw: Forward, rows: _Rows, d_head: int) -> list:
+    """One hook per block: every row's own edit of the positions the forward computes."""
+    V_c, R, dev = len(chunk.variant_ids), rows.per_variant, rows.device
+    row_variant = torch.arange(V_c, device=dev).repeat_interleave(R)      # [V_c * R]
     hooks = []
     for (layer, site), block in chunk.blocks.items():
-        p_row = block.pos_start.to(dev).repeat_interleave(P)              # [V_c * P] real p
-        start = padded_starts(b.pad.repeat(V_c), p_row, T, last)
-        row_start = (start - s).clamp(0, T - s)
+        row_start = rows.starts(block.pos_start.to(dev).repeat_interleave(R))  # real p -> column
         if site == "sae":
-            patch = {k: v[:, s:].repeat(V_c, 1, 1) for k, v in state.patch.items()
-                     if k in features.keys("patch")}
-            hooks.extend(rows_feature_edit(features, block.entries, row_variant, row_start,
+            patch = {k: v for k, v in rows.patch.items() if k in fw.features.keys("patch")}
+            hooks.extend(rows_feature_edit(fw.features, block.entries, row_variant, row_start,
                                            patch))
             continue
         if block.mode == "add":
             hooks.append((f"L{layer}.resid_post",
-                          rows_steer(additions, block.entries, row_variant, row_start)))
+                          rows_steer(fw.additions, block.entries, row_variant, row_start)))
             continue
-        fill = (fills.get((layer, site)) if block.mode == "mean" else
-                state.patch[(layer, site)][:, s:].repeat(V_c, 1, 1) if block.mode == "patch"
-                else None)
+        fill = (fw.fills.get((layer, site)) if block.mode == "mean" else
+                rows.patch[(layer, site)] if block.mode == "patch" else None)
         hooks.append((f"L{layer}.{site}", _masked_edit(
             row_variant, block.mask.to(dev), block.mode, fill,
-            model.d_head if site == "attn_z" else 1, row_start)))
+            d_head if site == "attn_z" else 1, row_start)))
     return hooks
 
 
