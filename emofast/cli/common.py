@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import typing
 import warnings
@@ -31,12 +32,27 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    "CUDA)")
     p.add_argument("--quantization", choices=["int8", "nf4", "fp4"], default=None,
                    help="load the model quantized with bitsandbytes")
+    p.add_argument("--device-map", default=None, type=device_map_flag, metavar="MAP",
+                   help="a model larger than one device (instead of --device): auto, balanced, "
+                   "sequential, or JSON {module name: device} (accelerate)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def device_map_flag(text: str):
+    """--device-map: a strategy name, or a JSON object of module name -> device."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--device-map {text!r} is not valid JSON: {e}") from None
 
 
 def load(args) -> Model:
     """The model of the flags; under torchrun with CUDA each rank defaults to cuda:LOCAL_RANK."""
-    return load_model(args.model, dtype=args.dtype, device=args.device or local_device(),
+    device_map = getattr(args, "device_map", None)
+    device = args.device or (None if device_map is not None else local_device())
+    return load_model(args.model, dtype=args.dtype, device=device, device_map=device_map,
                       quantization=args.quantization, progress=not args.quiet)
 
 

@@ -18,6 +18,7 @@ from .model import Model
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 QUANTIZATIONS = (None, "int8", "nf4", "fp4")
+MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -61,14 +62,22 @@ def _quantization_config(quantization: str | None, dtype: torch.dtype):
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None = None,
                device: str | None = None, quantization: str | None = None,
-               progress: bool = True) -> Model:
+               device_map: str | dict | None = None, progress: bool = True) -> Model:
     """Load a causal LM with its tokenizer and architecture adapter.
 
     name_or_path: a hub id, a local folder, or "smollm2-135m-instruct" (the embedded default).
     quantization: None, "int8", "nf4" or "fp4" (bitsandbytes; works on CPU and CUDA).
+    device_map: instead of `device`, a model larger than one device: "auto", "balanced",
+    "balanced_low_0", "sequential" or {module name: device} (accelerate places the modules and
+    moves each layer's inputs to its device; `check_device_map`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if device_map is not None:
+        if device is not None:
+            raise ValueError("give device or device_map, not both")
+        device_map = check_device_map(device_map)
+        device = main_device(device_map)
     device = check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     source = str(embedded_path(name_or_path, progress=progress)) if name_or_path in ALIASES \
@@ -84,8 +93,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | 
         hf_logging.disable_progress_bar()
     kwargs = dict(dtype=torch_dtype)
     qconfig = _quantization_config(quantization, torch_dtype)
+    if qconfig is not None or device_map is not None:
+        kwargs.update(device_map=device_map or device)
     if qconfig is not None:
-        kwargs.update(quantization_config=qconfig, device_map=device)
+        kwargs.update(quantization_config=qconfig)
     try:
         hf = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, **kwargs)
         tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
@@ -102,6 +113,51 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | 
                           f"{DEFAULT_MODEL!r}") from cached_error
         hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tok = AutoTokenizer.from_pretrained(source)
-    if qconfig is None:
+    if device_map is not None:
+        _check_placed(hf)
+    elif qconfig is None:
         hf = hf.to(device)
     return Model(hf.eval(), tok, name=str(name_or_path))
+
+
+def check_device_map(device_map: str | dict) -> str | dict:
+    """A device map accelerate understands, on devices this machine has. Offloading ("disk", or
+    "cpu" beside an accelerator, where accelerate keeps the weights off the module) is refused:
+    emofast reads weights (unembedding, W_O, W_down) from the modules."""
+    if isinstance(device_map, str):
+        if device_map not in MAP_STRATEGIES:
+            raise ValueError(f"unknown device_map {device_map!r}: one of "
+                             f"{', '.join(MAP_STRATEGIES)}, or {{module name: device}}")
+        return device_map
+    if not isinstance(device_map, dict) or not device_map:
+        raise TypeError(f"device_map must be a strategy name or a non-empty {{module: device}} "
+                        f"dict, got {device_map!r}")
+    placed = {}
+    for module, dev in device_map.items():
+        if dev == "disk":
+            raise ValueError(f"device_map puts {module!r} on disk: offloaded weights are not "
+                             "readable by emofast; use devices only")
+        placed[module] = check_device(f"cuda:{dev}" if isinstance(dev, int) else dev,
+                                      f"device_map[{module!r}]")
+    kinds = {torch.device(d).type for d in placed.values()}
+    if "cpu" in kinds and len(kinds) > 1:
+        raise ValueError("device_map mixes cpu with an accelerator: accelerate then offloads "
+                         "the cpu modules (their weights leave the modules, which emofast "
+                         "reads); put every module on an accelerator, or all on cpu")
+    return placed
+
+
+def main_device(device_map: str | dict) -> str:
+    """Where the inputs go: the first device of a dict map (the embedding's, listed first by
+    accelerate's own maps); for a strategy, cuda when there is one."""
+    if isinstance(device_map, dict):
+        return next(iter(device_map.values()))
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_placed(hf) -> None:
+    meta = [n for n, p in hf.named_parameters() if p.device.type == "meta"]
+    if meta:
+        raise ValueError(f"the device map left {len(meta)} weights off their modules (offloaded: "
+                         f"{meta[0]}, ...): the model does not fit the devices given; emofast "
+                         "reads weights from the modules and cannot run offloaded ones")

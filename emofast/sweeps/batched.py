@@ -86,7 +86,7 @@ def run_batched(job: Job, todo: list[int]) -> int:
                 run(chunk.take(slice(0, V_c // 2)), j)
                 run(chunk.take(slice(V_c // 2, V_c)), j)
                 return
-            per_prompt[ids, b.start:b.stop] = vals.view(len(ids), -1)
+            per_prompt[ids, b.start:b.stop] = vals.view(len(ids), -1).to(per_prompt.device)
 
     for chunk in plan.chunks:
         run(chunk, 0)
@@ -183,7 +183,7 @@ def _run_shared(model, state, chunk, fw: Forward, groups: PrefixGroups, start, c
         if layer < f:          # skipped: only a length is read (get_seq_length of layer 0)
             k, v = k[:1], v[:1]
         else:
-            k, v = k[row_group], v[row_group]
+            k, v = k[row_group.to(k.device)], v[row_group.to(v.device)]
         cache.update(k, v, layer)
     suf = _Rows(b.ids.device, P, lambda p: groups.suffix_starts(p, V_c), {})
     hooks = _chunk_hooks(chunk, fw, suf, model.d_head) + _capturing(
@@ -260,9 +260,11 @@ def _prefix_cache(model: Model, state: CleanState, V_c: int, f: int, s: int):
 def _masked_edit(row_variant, mask, mode, fill, group, pos_start):
     """Hook: every row's own edit in one masked_ablate call (attn_z flattened to H * d_head)."""
     def fn(act, site):
-        x = act.flatten(2)                                                # [B, T, W]
-        return masked_ablate(x, row_variant, mask, mode=mode, fill=fill, group=group,
-                             pos_start=pos_start).view_as(act)
+        x, dev = act.flatten(2), act.device                               # [B, T, W]
+        # a device map may put the layer elsewhere than the rows' tables (no-op otherwise)
+        return masked_ablate(x, row_variant.to(dev), mask.to(dev), mode=mode,
+                             fill=None if fill is None else fill.to(dev), group=group,
+                             pos_start=pos_start.to(dev)).view_as(act)
     return fn
 
 

@@ -68,7 +68,7 @@ def _run_piece(model, state, piece: list[tuple[int, Chunk]], fw: Forward, job: J
             values = run_chunk(model, state, Chunk(chunk.variant_ids, f, 0, chunk.bytes, above),
                                fw, shared=groups, start=start, capture=capture)
             resid = {**{k: v for k, v in resid.items() if k <= f}, **capture}
-        job.per_prompt[i, b.start:b.stop] = values
+        job.per_prompt[i, b.start:b.stop] = values.to(job.per_prompt.device)
         prev, prev_values = sig, values
 
 

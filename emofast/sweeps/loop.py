@@ -87,6 +87,6 @@ def index_edit(e: Edit, starts: list[int], fill: torch.Tensor | None):
             elif e.mode == "patch":
                 act[b, s:, units] = fill.view_as(act)[b, s:, units]
             else:
-                act[b, s:, units] = fill[units].to(act.dtype)
+                act[b, s:, units] = fill[units].to(act)
         return act
     return fn

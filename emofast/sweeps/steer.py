@@ -181,7 +181,9 @@ def rows_steer(table: AdditionTable, entries: torch.Tensor, row_variant: torch.T
             calls.append((rows, alpha, scale))
 
     def fn(h, site):
+        dev = h.device                            # a device map's layer (no-op otherwise)
         for mine, alpha, scale in calls:
-            h = steer_add(h, mine, vectors, alpha, pos_start=pos_start, scale=scale)
+            h = steer_add(h, mine.to(dev), vectors.to(dev), alpha.to(dev),
+                          pos_start=pos_start.to(dev), scale=scale)
         return h
     return fn
