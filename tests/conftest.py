@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random models of every supported family, built in memory, offline."""
 import os
+import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
@@ -56,6 +57,13 @@ def make_tiny(family: str, seed: int = 0) -> Model:
     torch.manual_seed(seed)
     hf = AutoModelForCausalLM.from_config(tiny_config(family)).eval()
     return Model(hf, tiny_tokenizer(), name=f"tiny-{family}")
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (rendezvous of the multi-process tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(params=FAMILIES)

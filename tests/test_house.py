@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "emofast"
-TIERS = {"sites": 1, "validation": 1, "models": 1, "data": 1, "kernels": 1, "report": 1,
+TIERS = {"sites": 1, "validation": 1, "processes": 1, "models": 1, "data": 1, "kernels": 1,
+         "report": 1,
          "analysis": 2, "interventions": 2, "sweeps": 2, "discovery": 2, "sae": 2, "quant": 2,
          "eval": 2, "pipelines": 3, "cli": 4, "__main__": 5}   # __main__: `python -m emofast`
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 80

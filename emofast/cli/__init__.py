@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from ..sweeps.distributed import torchrun_group
+from ..processes import torchrun_group
 from ..validation import Interrupted
 from . import demo, directions, discover, features, judge, quant, recognize, sae, steer, sweep
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from ..models import DEFAULT_MODEL, Model, load_model
 from ..models.loading import DTYPES
 from ..sites import Scope
-from ..sweeps.distributed import local_device
+from ..processes import local_device
 from ..validation import arg, device
 
 

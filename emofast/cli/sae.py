@@ -15,6 +15,7 @@ from ..sae import evaluate_sae, load_sae
 from ..sae.formats import cached_sae_folder
 from ..sae.corpus import load_corpus
 from ..sae.train import SAETrainConfig, train_saes
+from ..processes import is_rank0
 from ..validation import arg, positive_int
 from . import common
 from .common import add_config_flags, add_model_flags, config_from_args
@@ -23,7 +24,8 @@ from .common import add_config_flags, add_model_flags, config_from_args
 def add_parser(sub) -> None:
     p = sub.add_parser("sae", help="train and evaluate sparse autoencoders")
     sub2 = p.add_subparsers(dest="sae_command", required=True)
-    t = sub2.add_parser("train", help="train TopK SAEs for several sites at once")
+    t = sub2.add_parser("train", help="train TopK SAEs for several sites at once (under "
+                        "torchrun: across the processes, --parallel data or sites)")
     add_model_flags(t)
     t.add_argument("--corpus", default="default", help="'default' (offline: pydoc_data.topics "
                    "prose + emofast's emotion datasets, 120k SmolLM2 tokens), a .txt (documents "
@@ -64,6 +66,8 @@ def run_train(args) -> int:
     activations = None if args.activations == "none" else args.activations
     res = train_saes(model, docs, cfg, out=out, activations=activations,
                      progress=not args.quiet, repair=args.repair)
+    if not is_rank0():       # under torchrun: rank 0 reports and evaluates
+        return 0
     print(f"{res.tokens} tokens" + (f" ({res.resumed_from} resumed)" if res.resumed_from else "")
           + f"; wrote {out}")
     cache = out / "activations" if activations == "auto" else activations

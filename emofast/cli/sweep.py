@@ -19,7 +19,7 @@ from pathlib import Path
 from ..analysis import default_directions
 from ..data import EMOTIONS6
 from ..sweeps import sweep
-from ..sweeps.distributed import is_rank0
+from ..processes import is_rank0
 from ..sweeps.specs import METRICS, load_prompts, metric_from_spec, variants_from_spec
 from . import common
 from ..validation import arg, integer, numbers_list, positive, positive_int

@@ -36,7 +36,7 @@ METRIC = ("LogitDiff(emotion's feeling words, other emotions' words) after 'I fe
 
 @dataclass
 class DiscoverConfig:
-    """The defaults are the quick preset (~4 minutes per emotion on a 2-core CPU)."""
+    """The defaults are the quick preset (~1.8 minutes per emotion on a 2-core CPU)."""
     n_skeletons: int = option(2, "train skeletons, 3 prompts each (one per event valence)")
     k_max: int = option(64, "top-k curves: k = 1..k_max")
     k_verify: int = option(32, "screen's top heads verified exactly")

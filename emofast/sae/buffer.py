@@ -26,7 +26,9 @@ from typing import Iterator, NamedTuple, Sequence
 import torch
 
 from ..sites import parse_site
+from .distributed import broadcast, gather_rows, my_forwards
 from .evaluate import evaluated_positions
+from .model import site_width
 
 
 class Fill(NamedTuple):
@@ -56,20 +58,28 @@ def token_windows(model, docs: Sequence[str], max_length: int,
 
 def activation_fills(model, windows: list[list[int]], sites: Sequence[str], *, batch_docs: int,
                      buffer_tokens: int, batch_tokens: int, seed: int, epochs: int,
-                     start: tuple[int, int] = (0, 0), cache=None) -> Iterator[Fill]:
-    """Fills from `start` = (epoch, window) on (see the module docstring)."""
+                     start: tuple[int, int] = (0, 0), cache=None,
+                     ranks: tuple[int, int] | None = None) -> Iterator[Fill]:
+    """Fills from `start` = (epoch, window) on (see the module docstring). `ranks` (rank,
+    world): each rank runs its share of every fill's forwards and the fill is gathered
+    (`emofast.sae.distributed`); `cache` is then rank 0's, which decides and broadcasts."""
     names = [str(parse_site(s, model.n_layers)) for s in sites]
     epoch, window = start
     while epoch < epochs:
         while window < len(windows):
             first = window
             part = f"fill-{first:07d}"
-            if cache is not None and part in cache.manifest:
-                stored = cache.get(part)
+            cached = cache is not None and part in cache.manifest
+            if ranks is not None:
+                cached = broadcast(cached, ranks[0])
+            if cached:
+                stored = cache.get(part) if cache is not None else None
+                if ranks is not None:
+                    stored = broadcast(stored, ranks[0])
                 acts, window = {n: stored[n] for n in names}, int(stored["next_window"])
             else:
                 acts, window = _forward_fill(model, windows, first, names, batch_docs,
-                                             buffer_tokens)
+                                             buffer_tokens, ranks)
                 if cache is not None:
                     cache.put(part, {**acts, "next_window": torch.tensor(window)})
             count = len(acts[names[0]])
@@ -87,25 +97,24 @@ class _Stop(Exception):
 
 
 def _forward_fill(model, windows, window: int, names: list[str], batch_docs: int,
-                  buffer_tokens: int) -> tuple[dict[str, torch.Tensor], int]:
+                  buffer_tokens: int, ranks: tuple[int, int] | None = None
+                  ) -> tuple[dict[str, torch.Tensor], int]:
     """The activations at `names` of the windows from `window` on that hold buffer_tokens
     tokens, and the window after them. The fill's windows run sorted by length, in forwards of
     at most batch_docs x (the longest) tokens, so that short documents are not padded to long
-    ones."""
+    ones; with `ranks`, this rank's consecutive forwards, gathered in order."""
     first, count = window, 0
     while window < len(windows) and count < buffer_tokens:
         count += len(windows[window]) - 1
         window += 1
-    todo = sorted(windows[first:window], key=len)
-    budget = batch_docs * len(todo[-1])
+    forwards = _forwards(sorted(windows[first:window], key=len), batch_docs)
+    mine = range(len(forwards))
+    if ranks is not None:
+        mine = my_forwards([len(c) * len(c[-1]) for c in forwards], *ranks)
     got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     deepest = max(names, key=lambda n: (parse_site(n).layer, _ORDER.index(parse_site(n).kind)))
     pad = model.tokenizer.pad_token_id
-    while todo:
-        size = 1
-        while size < len(todo) and (size + 1) * len(todo[size]) <= budget:
-            size += 1
-        chunk, todo = todo[:size], todo[size:]
+    for chunk in (forwards[i] for i in mine):
         T = len(chunk[-1])
         ids = torch.tensor([[pad] * (T - len(c)) + c for c in chunk])
         mask = torch.tensor([[0] * (T - len(c)) + [1] * len(c) for c in chunk])
@@ -116,7 +125,23 @@ def _forward_fill(model, windows, window: int, names: list[str], batch_docs: int
                 model.forward(ids, mask, base=True)
         except _Stop:
             pass
-    return {n: torch.cat(v) for n, v in got.items()}, window
+    acts = {n: torch.cat(v) if v else torch.zeros(0, site_width(model, parse_site(n).kind))
+            for n, v in got.items()}
+    if ranks is not None:
+        acts = gather_rows(acts, names, ranks[1])
+    return acts, window
+
+
+def _forwards(todo: list[list[int]], batch_docs: int) -> list[list[list[int]]]:
+    """Windows sorted by length cut into forwards of at most batch_docs x the longest's tokens."""
+    budget, out = batch_docs * len(todo[-1]), []
+    while todo:
+        size = 1
+        while size < len(todo) and (size + 1) * len(todo[size]) <= budget:
+            size += 1
+        out.append(todo[:size])
+        todo = todo[size:]
+    return out
 
 
 # the order in which a block's sites are computed (which one is read last)

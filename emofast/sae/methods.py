@@ -50,8 +50,11 @@ DEFAULT_LR = 1.6e-3
 class SiteTrainer:
     """One SAE (training in scaled units), its optimiser and its dead-latent counters."""
 
-    def __init__(self, sae: SAE, cfg, total_steps: int, scale: float):
+    def __init__(self, sae: SAE, cfg, total_steps: int, scale: float, ranks=None):
+        """`ranks` (`emofast.sae.distributed.DataParallel`): each step trains on this rank's
+        rows of the batch and sums the gradients and counts over the ranks."""
         self.sae, self.cfg, self.total, self.scale = sae, cfg, total_steps, float(scale)
+        self.ranks = ranks
         lr = cfg.lr or DEFAULT_LR / (sae.d_sae / 2 ** 14) ** 0.5
         trained = [p for n, p in sae.named_parameters()
                    if not (cfg.method == "batchtopk" and n == "threshold")]
@@ -75,19 +78,23 @@ class SiteTrainer:
                            ).float()
 
     def step(self, x: torch.Tensor) -> dict:
-        """One optimiser step on a batch x [N, d_in] of raw activations."""
-        sae, cfg = self.sae, self.cfg
+        """One optimiser step on a batch x [N, d_in] of raw activations (with `ranks`: the
+        whole batch, of which this rank trains on its rows; the loss's normalisers, N and the
+        batch variance, are the whole batch's, so the summed gradients are one process's)."""
+        sae, cfg, ranks = self.sae, self.cfg, self.ranks
         for g in self.opt.param_groups:
             g["lr"] = self.base_lr * _schedule(self.step_count, cfg.warmup_steps, self.total)
         x = x.to(sae.W_enc.device, sae.W_enc.dtype) * self.scale
+        n, total_var = x.shape[0], (x - x.mean(0)).pow(2).sum()
+        if ranks is not None:
+            x = x[ranks.rows(n)]
         # jumprelu stays fp32: its window (bandwidth 1e-3) is finer than bf16's grid (~0.004 at 1)
         dtype = torch.float32 if cfg.method == "jumprelu" else compute_dtype(cfg.compute_dtype,
                                                                              x.device)
-        x_hat, fires, l0, penalty, aux = self._forward(x, dtype)
+        x_hat, fires, on_total, penalty, aux = self._forward(x, dtype, n)
         e = x - x_hat.to(x.dtype)
-        total_var = (x - x.mean(0)).pow(2).sum()
-        fvu = e.pow(2).sum() / total_var
-        loss = fvu + penalty
+        sq = e.pow(2).sum()
+        loss = sq / total_var + penalty
         dead = self.since_fired >= cfg.dead_tokens
         if aux and cfg.auxk_coeff and bool(dead.any()):
             loss = loss + cfg.auxk_coeff * _auxk(sae, x, e.detach(), dead.to(x.device),
@@ -95,6 +102,10 @@ class SiteTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():
+            stats = torch.stack([sq.detach().float(), torch.as_tensor(on_total).float()])
+            if ranks is not None:
+                ranks.sum_gradients(self.opt)
+                fires, stats = ranks.sum(fires), ranks.sum(stats)
             unit = cfg.method in ("topk", "batchtopk")
             if unit:
                 w, g = sae.W_dec, sae.W_dec.grad
@@ -105,17 +116,19 @@ class SiteTrainer:
             if cfg.method == "jumprelu":   # above half the window: z = relu(pre) is 0 for
                 sae.threshold.clamp_(min=cfg.bandwidth / 2)   # most latents, never inside it
             fires = fires.cpu()
-            self.since_fired += x.shape[0]
+            self.since_fired += n
             self.since_fired[fires > 0] = 0
             self.fire_counts += fires
-            self.counted_tokens += x.shape[0]
+            self.counted_tokens += n
         self.step_count += 1
-        return {"fvu": float(fvu.detach()), "l0": l0, "dead": float(dead.float().mean())}
+        return {"fvu": float(stats[0] / total_var.float()), "l0": float(stats[1]) / n,
+                "dead": float(dead.float().mean())}
 
-    def _forward(self, x, dtype):
-        """(x_hat, tokens each latent fired on [d_sae], mean L0, penalty, whether AuxK applies)
-        for x scaled; the
-        encoder and decoder run in `dtype` (bf16 copies of the fp32 weights: autocast's way)."""
+    def _forward(self, x, dtype, n: int):
+        """(x_hat, tokens each latent fired on [d_sae], active latents summed over the rows,
+        penalty, whether AuxK applies) for the rows x (scaled) of a batch of n; the encoder and
+        decoder run in `dtype` (bf16 copies of the fp32 weights: autocast's way). Penalties are
+        sums over the rows / n: with `ranks`, this rank's share of the batch's."""
         sae, cfg = self.sae, self.cfg
         W_enc, b_enc, W_dec, b_dec = (p.to(dtype) for p in (sae.W_enc, sae.b_enc, sae.W_dec,
                                                              sae.b_dec))
@@ -125,31 +138,42 @@ class SiteTrainer:
             acts = sae_encode(xc, W_enc, b_enc, activation="topk", k=sae.k, b_dec=b_in)
             on = acts.values > 0
             fires = torch.bincount(acts.indices[on], minlength=sae.d_sae)
-            return (sae_decode(acts.indices, acts.values, W_dec, b_dec), fires,
-                    float(on.sum(-1).float().mean()), 0.0, True)
+            return (sae_decode(acts.indices, acts.values, W_dec, b_dec), fires, on.sum(), 0.0,
+                    True)
         z = sae_encode(xc, W_enc, b_enc, activation="relu", b_dec=b_in)          # [N, d_sae]
         if cfg.method == "batchtopk":
-            keep = z.detach().flatten().topk(cfg.k * x.shape[0]).indices
-            mask = torch.zeros(z.numel(), dtype=torch.bool, device=z.device).index_fill_(
-                0, keep, True)
-            acts = z * mask.view_as(z)
+            acts = z * self._batch_top(z.detach(), cfg.k * n)
             kept = acts.detach()[acts.detach() > 0]
-            if kept.numel():
-                low = kept.min().float().cpu()
+            low = kept.min().float().cpu() if kept.numel() else torch.tensor(float("inf"))
+            if self.ranks is not None:
+                low = self.ranks.min(low)
+            if low.isfinite():
                 old = self.running_threshold
                 self.running_threshold = low if old.isnan() else (
                     THRESHOLD_MOMENTUM * old + (1 - THRESHOLD_MOMENTUM) * low)
             penalty = 0.0
         elif cfg.method == "standard":
             acts = z
-            penalty = cfg.l1_coeff * (acts.float() * sae.W_dec.norm(dim=-1)).sum(-1).mean() / \
+            penalty = cfg.l1_coeff * (acts.float() * sae.W_dec.norm(dim=-1)).sum() / n / \
                 sae.d_in ** 0.5
         else:  # jumprelu (always fp32, see step)
             acts = _JumpReLU.apply(z, sae.threshold, cfg.bandwidth)
-            penalty = cfg.l0_coeff * _Step.apply(z, sae.threshold, cfg.bandwidth).sum(-1).mean()
+            penalty = cfg.l0_coeff * _Step.apply(z, sae.threshold, cfg.bandwidth).sum() / n
         on = acts.detach() > 0
-        return (acts @ W_dec + b_dec, on.sum(0), float(on.sum(-1).float().mean()), penalty,
-                cfg.method == "batchtopk")
+        return acts @ W_dec + b_dec, on.sum(0), on.sum(), penalty, cfg.method == "batchtopk"
+
+    def _batch_top(self, z: torch.Tensor, m: int) -> torch.Tensor:
+        """The mask of the batch's m largest entries; entries equal to the m-th largest are
+        kept in batch order (row-major) until m are kept, so that one process and any split of
+        the rows between ranks keep the same ones (with `ranks`: of every rank's rows)."""
+        flat, ranks = z.flatten(), self.ranks
+        t = flat.topk(m).values[-1] if ranks is None else ranks.kth_largest(flat, m)
+        above, tied = flat > t, flat == t
+        n_above, before = above.sum(), 0
+        if ranks is not None:
+            n_above, before = ranks.sum(n_above), ranks.before(tied.sum())
+        keep = above | tied & (before + tied.cumsum(0) <= m - n_above)
+        return keep.view_as(z)
 
     def result(self) -> SAE:
         """The SAE for raw activations: the training scale folded into the weights."""

@@ -14,6 +14,9 @@ from it and ends with the same SAEs as an uninterrupted run. Each site's SAE is 
 out/<site>/ (SAELens format, sparsity.safetensors with the last epoch's log10 firing
 frequencies) and out/train.json holds the config and the per-fill history. With several epochs
 the activations are cached as shards (`activations`, emofast.sae.buffer): the model runs once.
+Inside a torch.distributed program (`torchrun -m emofast sae train`) the ranks share the forwards
+and train data- or site-parallel (`SAETrainConfig.parallel`, emofast.sae.distributed); rank 0
+holds the folder, so a run resumes with any world size.
 """
 from __future__ import annotations
 
@@ -33,7 +36,9 @@ from ..report.lock import folder_lock
 from ..report.parts import PartStore
 from ..sites import parse_site
 from ..validation import Interrupted, finite, positive_int
+from ..processes import barrier, world
 from .buffer import activation_fills, token_windows
+from .distributed import PARALLEL, DataParallel, broadcast, gather_all, site_owners
 from .formats import save_sae
 from .methods import METHODS, SiteTrainer, new_sae
 from .model import SAE, site_width
@@ -72,6 +77,9 @@ class SAETrainConfig:
     checkpoint_every: int = field(default=8, metadata={"help": "fills between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds the window order, the shuffles and "
                                                    "the initialisation"})
+    parallel: Literal["data", "sites"] = field(default="data", metadata={
+        "help": "under torchrun: data (every SAE trains on each rank's rows of every batch) or "
+                "sites (each rank trains its share of the sites); ignored in one process"})
 
     def __post_init__(self):
         for name in ("expansion", "k", "epochs", "batch_tokens", "buffer_tokens", "batch_docs",
@@ -79,6 +87,8 @@ class SAETrainConfig:
             positive_int(getattr(self, name), name)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: one of {', '.join(METHODS)}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"unknown parallel {self.parallel!r}: one of {', '.join(PARALLEL)}")
         for name in ("auxk_coeff", "l1_coeff", "l0_coeff"):
             if finite(getattr(self, name), name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -118,30 +128,42 @@ def train_saes(model, corpus: Sequence[str], config: SAETrainConfig | None = Non
     windows = token_windows(model, corpus, cfg.max_length, seed=cfg.seed)
     if activations == "auto":
         activations = Path(out) / "activations" if out is not None and cfg.epochs > 1 else None
+    ranks = world()
+    owns_files = ranks is None or ranks[0] == 0   # under torchrun: rank 0 reads and writes
     with ExitStack() as stack:
-        identity = model_identity(model) if out is not None or activations is not None else None
-        cache = None
-        if activations is not None:
+        identity = model_identity(model) if owns_files and (
+            out is not None or activations is not None) else None
+        cache = store = None
+        if activations is not None and owns_files:
             stack.enter_context(folder_lock(activations))
             cache = PartStore(activations, "sae-activations", {
                 "model": identity, "windows_sha256": _sha(windows), "sites": list(cfg.sites),
                 "batch_docs": cfg.batch_docs, "buffer_tokens": cfg.buffer_tokens},
                 repair=repair, keep=False)
-        if out is None:
-            return _train(model, windows, cfg, None, cache, progress)
-        stack.enter_context(folder_lock(out))
-        fp = {"model": identity, "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
-              "windows_sha256": _sha(windows)}
-        store = PartStore(out, "sae-train", fp, repair=repair)
-        result = _train(model, windows, cfg, store, cache, progress)
-        for site, sae in result.saes.items():
-            save_sae(sae, Path(out) / site, model_name=model.name,
-                     log_sparsity=result.log_sparsity[site])
-        write_json(Path(out) / "train.json", {"config": dataclasses.asdict(cfg),
-                                             "tokens": result.tokens,
-                                             "resumed_from": result.resumed_from,
-                                             "history": result.history})
-        return result
+        if out is not None and owns_files:
+            stack.enter_context(folder_lock(out))
+            fp = {"model": identity, "config": _fingerprinted(cfg),
+                  "windows_sha256": _sha(windows)}
+            store = PartStore(out, "sae-train", fp, repair=repair)
+        result = _train(model, windows, cfg, store, cache, progress and owns_files, ranks)
+        if out is not None and owns_files:
+            for site, sae in result.saes.items():
+                save_sae(sae, Path(out) / site, model_name=model.name,
+                         log_sparsity=result.log_sparsity[site])
+            write_json(Path(out) / "train.json", {"config": dataclasses.asdict(cfg),
+                                                 "tokens": result.tokens,
+                                                 "resumed_from": result.resumed_from,
+                                                 "history": result.history})
+    if ranks is not None:
+        barrier("rank 0 writing the SAEs")
+    return result
+
+
+def _fingerprinted(cfg: SAETrainConfig) -> dict:
+    """The config as the checkpoint's fingerprint holds it: `parallel` only changes the order
+    of sums, so a run resumes with any split and world size."""
+    return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(cfg))).items()
+            if k != "parallel"}
 
 
 def default_sites(n_layers: int, n: int = 6) -> tuple[str, ...]:
@@ -157,53 +179,68 @@ def _sha(windows) -> str:
     return hashlib.sha256(json.dumps(windows).encode()).hexdigest()
 
 
-def _train(model, windows, cfg: SAETrainConfig, store, cache, progress: bool
+class _Split(NamedTuple):
+    """Who trains what: this rank's sites, the data-parallel sums (None: the whole batch)."""
+    rank: int
+    mine: list[str]
+    dp: DataParallel | None
+    spread: bool                 # sites mode: other ranks own the other sites
+
+
+def _split(model, cfg: SAETrainConfig, ranks) -> _Split:
+    if ranks is None:
+        return _Split(0, list(cfg.sites), None, False)
+    rank, world_size = ranks
+    if cfg.parallel == "data":
+        return _Split(rank, list(cfg.sites), DataParallel(rank, world_size), False)
+    widths = {s: site_width(model, parse_site(s).kind) for s in cfg.sites}
+    owner = site_owners(list(cfg.sites), widths, world_size)
+    return _Split(rank, [s for s in cfg.sites if owner[s] == rank], None, True)
+
+
+def _train(model, windows, cfg: SAETrainConfig, store, cache, progress: bool, ranks=None
            ) -> SAETrainResult:
     n_tokens_epoch = sum(len(w) - 1 for w in windows)            # an upper bound (specials)
     total_steps = max(1, cfg.epochs * n_tokens_epoch // cfg.batch_tokens)
+    split = _split(model, cfg, ranks)
     trainers: dict[str, SiteTrainer] = {}
     history: list[dict] = []
     start, tokens, resumed = (0, 0), 0, 0
     last = _latest(store)
+    checkpoints = store is not None
+    if ranks is not None:
+        last, checkpoints = broadcast((last, checkpoints), split.rank)
     if last is not None:
         meta = json.loads(bytes(last["meta"].tolist()).decode())
         start, tokens, history, resumed = tuple(meta["next"]), meta["tokens"], meta["history"], \
             meta["tokens"]
-        for i, site in enumerate(cfg.sites):
-            trainers[site] = _site_trainer(model, site, cfg, None, i, total_steps)
+        for site in split.mine:
+            i = cfg.sites.index(site)
+            trainers[site] = _site_trainer(model, site, cfg, None, i, total_steps, split.dp)
             trainers[site].restore(f"s{i}", last)
     bar = tqdm(total=cfg.epochs * n_tokens_epoch, initial=tokens, unit="tok", desc="train SAEs",
                disable=not progress)
-    fills = 0
+    fills, batches = 0, bool(trainers)
     try:
         for fill in activation_fills(model, windows, cfg.sites, batch_docs=cfg.batch_docs,
                                      buffer_tokens=cfg.buffer_tokens,
                                      batch_tokens=cfg.batch_tokens, seed=cfg.seed,
-                                     epochs=cfg.epochs, start=start, cache=cache):
-            if not trainers and fill.batches:
-                trainers = {site: _site_trainer(model, site, cfg, fill.batches[0][site], i,
-                                                total_steps) for i, site in enumerate(cfg.sites)}
+                                     epochs=cfg.epochs, start=start, cache=cache, ranks=ranks):
+            if not batches and fill.batches:
+                batches = True
+                trainers = {site: _site_trainer(model, site, cfg, fill.batches[0][site],
+                                                cfg.sites.index(site), total_steps, split.dp)
+                            for site in split.mine}
             if fill.first_window == 0:
                 for tr in trainers.values():
                     tr.new_epoch()
-            stats = {s: [] for s in cfg.sites}
-            for batch in fill.batches:
-                for site, tr in trainers.items():
-                    stats[site].append(tr.step(batch[site]))
-                tokens += cfg.batch_tokens
-                bar.update(cfg.batch_tokens)
             if not fill.batches:          # a fill smaller than one batch: nothing to report
                 continue
-            row = {"epoch": fill.epoch, "tokens": tokens, **{
-                s: {k: sum(d[k] for d in v) / max(1, len(v)) for k in ("fvu", "l0", "dead")}
-                for s, v in stats.items()}}
-            history.append(row)
-            bar.set_postfix({"fvu": " ".join(f"{row[s]['fvu']:.3f}" for s in cfg.sites),
-                             "l0": " ".join(f"{row[s]['l0']:.0f}" for s in cfg.sites),
-                             "dead": " ".join(f"{row[s]['dead']:.1%}" for s in cfg.sites)})
+            tokens = _train_fill(fill, trainers, split, cfg, history, tokens, bar)
             fills += 1
-            if store is not None and fills % cfg.checkpoint_every == 0:
-                _checkpoint(store, trainers, cfg, (fill.epoch, fill.next_window), tokens, history)
+            if checkpoints and fills % cfg.checkpoint_every == 0:
+                _checkpoint(store, _states(trainers, cfg, split), (fill.epoch, fill.next_window),
+                            tokens, history)
     except KeyboardInterrupt:
         if store is None:
             raise
@@ -211,17 +248,51 @@ def _train(model, windows, cfg: SAETrainConfig, store, cache, progress: bool
                           f"is in {store.dir}: run the same command again to resume") from None
     finally:
         bar.close()
-    if not trainers:
+    if not batches:
         raise ValueError("the corpus gave no batch: lower batch_tokens / buffer_tokens")
-    return SAETrainResult({s: t.result() for s, t in trainers.items()}, history, tokens,
-                          {s: t.log_sparsity() for s, t in trainers.items()}, resumed)
+    done = {s: (t.result(), t.log_sparsity()) for s, t in trainers.items()}
+    if split.spread:
+        done = {k: v for part in gather_all(done) for k, v in part.items()}
+    return SAETrainResult({s: done[s][0] for s in cfg.sites}, history, tokens,
+                          {s: done[s][1] for s in cfg.sites}, resumed)
 
 
-def _site_trainer(model, site, cfg, first, i: int, total_steps: int) -> SiteTrainer:
+def _train_fill(fill, trainers, split: _Split, cfg, history: list, tokens: int, bar) -> int:
+    """Every batch of the fill through this rank's trainers; the fill's mean statistics per
+    site (gathered from the other ranks' sites) appended to `history`. Returns the tokens."""
+    stats = {s: [] for s in trainers}
+    for batch in fill.batches:
+        for site, tr in trainers.items():
+            stats[site].append(tr.step(batch[site]))
+        tokens += cfg.batch_tokens
+        bar.update(cfg.batch_tokens)
+    means = {s: {k: sum(d[k] for d in v) / max(1, len(v)) for k in ("fvu", "l0", "dead")}
+             for s, v in stats.items()}
+    if split.spread:
+        means = {k: v for part in gather_all(means) for k, v in part.items()}
+    row = {"epoch": fill.epoch, "tokens": tokens, **{s: means[s] for s in cfg.sites}}
+    history.append(row)
+    bar.set_postfix({"fvu": " ".join(f"{row[s]['fvu']:.3f}" for s in cfg.sites),
+                     "l0": " ".join(f"{row[s]['l0']:.0f}" for s in cfg.sites),
+                     "dead": " ".join(f"{row[s]['dead']:.1%}" for s in cfg.sites)})
+    return tokens
+
+
+def _states(trainers, cfg, split: _Split) -> dict:
+    """Every site's trainer state under its checkpoint prefix (gathered in sites mode)."""
+    t = {}
+    for site, tr in trainers.items():
+        t.update(tr.state(f"s{cfg.sites.index(site)}"))
+    if split.spread:
+        t = {k: v for part in gather_all(t) for k, v in part.items()}
+    return t
+
+
+def _site_trainer(model, site, cfg, first, i: int, total_steps: int, dp=None) -> SiteTrainer:
     d_in = site_width(model, parse_site(site).kind)
     sae, scale = new_sae(site, d_in, cfg, torch.ones(1, d_in) if first is None else first,
                          cfg.seed + i)
-    return SiteTrainer(sae.to(model.device), cfg, total_steps, scale)
+    return SiteTrainer(sae.to(model.device), cfg, total_steps, scale, ranks=dp)
 
 
 def _latest(store) -> dict | None:
@@ -230,10 +301,11 @@ def _latest(store) -> dict | None:
     return store.tensors[max(store.tensors)]
 
 
-def _checkpoint(store, trainers, cfg, next_pos, tokens, history) -> None:
-    t = {}
-    for i, site in enumerate(cfg.sites):
-        t.update(trainers[site].state(f"s{i}"))
+def _checkpoint(store, states: dict, next_pos, tokens, history) -> None:
+    """Rank 0 (or the one process) stores every site's state; other ranks hold no store."""
+    if store is None:
+        return
+    t = dict(states)
     meta = json.dumps({"next": list(next_pos), "tokens": tokens, "history": history}).encode()
     t["meta"] = torch.tensor(list(meta), dtype=torch.uint8)
     name = f"checkpoint-{tokens:012d}"

@@ -64,7 +64,8 @@ from ..validation import Interrupted, positive_int
 from .batched import run_batched
 from .batches import encode_batches
 from .chain import run_chain
-from .distributed import barrier, run_across_ranks, stored, world
+from ..processes import barrier, world
+from .distributed import run_across_ranks, stored
 from .features import FeatureEdit, FeatureTable, lower_features
 from .job import Job, check_finite
 from .loop import run_loop

@@ -3,7 +3,6 @@ heads, neurons and Steers; a rank that dies leaves a clear error and its finishe
 sweep resumes in one process computing only the rest; bad input is refused."""
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import torch.multiprocessing as mp
 from emofast.sweeps import KL, Edit, Steer, sweep
 from emofast.sweeps.distributed import share
 
-from conftest import make_tiny
+from conftest import free_port, make_tiny
 from oracles import PROMPTS
 
 
@@ -27,12 +26,6 @@ def variants(model, kind):
     g = torch.Generator().manual_seed(0)
     return [[Steer(l, torch.randn(model.d_model, generator=g), a)]
             for l in range(model.n_layers) for a in (0.5, 2.0)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(rank, world, port, root, kinds, die_after):
