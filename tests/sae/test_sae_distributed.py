@@ -69,8 +69,14 @@ METHOD_CFGS = {m: dataclasses.replace(CFG, method=m) for m in
 def test_two_ranks_equal_one_process(tmp_path):
     runs = [(f"{m}-{p}", dataclasses.replace(c, parallel=p), None)
             for m, c in METHOD_CFGS.items() for p in ("data", "sites")]
+    # with a folder: rank 0's activation cache feeds epoch 2 (read there, broadcast)
+    runs.append(("cached", CFG, str(tmp_path / "cached")))
     spawn(2, tmp_path, runs)
     model = make_tiny("llama")
+    assert any((tmp_path / "cached" / "activations").iterdir())
+    for rank in (0, 1):
+        assert_same(torch.load(tmp_path / f"cached-rank{rank}.pt", weights_only=False),
+                    train_saes(model, DOCS, CFG, progress=False))
     for m, cfg in METHOD_CFGS.items():
         want = train_saes(model, DOCS, cfg, progress=False)
         for p in ("data", "sites"):
