@@ -242,7 +242,7 @@ def rows_feature_edit(table: FeatureTable, entries: torch.Tensor, row_variant: t
 
 def _rows_hook(sae, F, on, g, md, mean, src, row_start):
     def fn(act, site):
-        x = sae._flat(act)                                                   # [B, T, W]
+        x = sae._flat(act).to(sae.W_dec.device)   # a device map's layer -> the SAE's device
         T = x.shape[1]
         undo: list = []
         a = sae.feature_values(sae.encode(x, _undo=undo), F)                       # [B, T, m]
@@ -251,12 +251,13 @@ def _rows_hook(sae, F, on, g, md, mean, src, row_start):
             is_mean = (md == FEATURE_MODES.index("mean"))[:, None, None]
             target = torch.where(is_mean, mean.to(a)[F][:, None, :].expand_as(a), target)
         if src is not None:
-            s_acts = sae.feature_values(sae.encode(src, _undo=[]), F)
+            s_acts = sae.feature_values(sae.encode(src.to(x.device), _undo=[]), F)
             target = torch.where((md == FEATURE_MODES.index("patch"))[:, None, None], s_acts,
                                  target)
         pos = torch.arange(T, device=x.device)[None, :] >= row_start[:, None]  # [B, T]
         coef = (target - a) * (on[:, None, :] & pos[:, :, None])             # [B, T, m]
-        return (x + sae.feature_change(coef, F, undo[0]).to(x.dtype)).view_as(act)
+        out = x + sae.feature_change(coef, F, undo[0]).to(x.dtype)
+        return out.view_as(act).to(act.device)
     return fn
 
 
@@ -269,7 +270,7 @@ def index_feature_edit(table: FeatureTable, k: int, starts: list[int],
     src = None if patch is None else patch.get(_key(sae))
 
     def fn(act, site):
-        x = sae._flat(act).clone()
+        x = sae._flat(act).to(sae.W_dec.device, copy=True)
         for b, s in enumerate(starts):
             if s >= x.shape[1]:
                 continue
@@ -283,8 +284,8 @@ def index_feature_edit(table: FeatureTable, k: int, starts: list[int],
             elif mode == "mean":
                 new[:, F] = table.means[j][F].to(new)
             else:
-                new[:, F] = sae.dense(sae.encode(src[b, s:], _undo=[]))[:, F]
+                new[:, F] = sae.dense(sae.encode(src[b, s:].to(x.device), _undo=[]))[:, F]
             change = sae.decode(new, _undo=undo[0]) - sae.decode(acts, _undo=undo[0])
             x[b, s:] = x[b, s:] + change.to(x.dtype)
-        return x.view_as(act)
+        return x.view_as(act).to(act.device)
     return fn

@@ -1,6 +1,6 @@
 """load_model(device_map=...): a model whose layers accelerate places (and whose inputs its hooks
 move, AlignDevicesHook on every decoder layer as dispatch_model attaches them) gives the same
-caches, steering and sweeps (loop, batched, chain) as the plain model; bad maps are refused.
+caches, steering, SAE feature edits and sweeps (loop, batched, chain) as the plain model; bad maps are refused.
 
 On a CPU-only machine every part of the map is the CPU, so what is checked is the accelerate
 path (its hooks around every layer, the engine's skipped layers and caches inside it), not a
@@ -11,8 +11,8 @@ from accelerate.hooks import AlignDevicesHook, add_hook_to_module, remove_hook_f
 
 from conftest import make_tiny
 from emofast.models import load_model
-from emofast.sweeps import KL, Edit, Steer, sweep
-from oracles import loud
+from emofast.sweeps import KL, Edit, FeatureEdit, Steer, sweep
+from oracles import loud, random_sae
 
 PROMPTS = ["the quick brown fox jumps", "the quick brown cat", "a lazy dog", "xyzzy!"]
 
@@ -45,8 +45,10 @@ def _everything(model) -> dict:
     L, d = model.n_layers, model.d_model
     g = torch.Generator().manual_seed(0)
     v = torch.randn(d, generator=g)
+    sae = random_sae(model, "L1.resid_post", "topk")
     variants = [[], [Edit(0, "attn_z", [1])], [Edit(L - 1, "mlp_act", [2, 5], "mean")],
-                [Steer(1, v, 2.0)], [Edit(1, "mlp_act", [2]), Edit(L - 1, "attn_z", [0])]]
+                [Steer(1, v, 2.0)], [Edit(1, "mlp_act", [2]), Edit(L - 1, "attn_z", [0])],
+                [FeatureEdit(sae, [0, 3, 5])], [FeatureEdit(sae, [1], "scale", factor=3.0)]]
     out = {e: sweep(model, PROMPTS, variants, KL(), engine=e, progress=False).per_prompt
            for e in ("loop", "batched", "chain")}
     out["last"] = sweep(model, PROMPTS, variants, KL(), scope="last", progress=False).per_prompt
