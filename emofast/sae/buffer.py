@@ -18,6 +18,10 @@ activations are never all in memory, only one fill.
 With `cache` (a PartStore opened with keep=False) each fill's activations are stored as a
 safetensors shard the first time and read back, checked, in later epochs and later runs instead
 of running the model: the same fills, bit for bit, without the forward passes.
+
+Across processes (`ranks`), each rank runs its consecutive share of a fill's forwards and the
+rows are gathered in rank order: every rank gets the fill one process builds
+(`emofast.sae.distributed`).
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ Methods (`SAETrainConfig.method`):
   only the latents used), plus auxk_coeff times the AuxK loss: the top d_in / 2 pre-activations
   of the dead latents reconstruct the residual error, scaled down while fewer are dead.
 - batchtopk (Bussmann et al. 2024): the k x batch largest ReLU'd pre-activations of the whole
-  batch, and AuxK; a running average of the smallest kept activation becomes every latent's
+  batch (ties at the threshold kept in batch order, so any split of the rows keeps the same),
+  and AuxK; a running average of the smallest kept activation becomes every latent's
   threshold, so it is saved as a jumprelu SAE (as SAELens does).
 - standard: ReLU, with l1_coeff times the decoder-norm-weighted L1 sum_j a_j |W_dec_j| / sqrt(d_in)
   (Anthropic, April 2024; / sqrt(d_in): relative to the scaled activations' norm); decoder
