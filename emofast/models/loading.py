@@ -148,8 +148,8 @@ def check_device_map(device_map: str | dict) -> str | dict:
 
 
 def main_device(device_map: str | dict) -> str:
-    """Where the inputs go: the first device of a dict map (the embedding's, listed first by
-    accelerate's own maps); for a strategy, cuda when there is one."""
+    """The device whose kind sets the default dtype (bf16 on CUDA): a dict map's first; for a
+    strategy, cuda when there is one. (Inputs go to `Model.device`, the first weight's.)"""
     if isinstance(device_map, dict):
         return next(iter(device_map.values()))
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -20,7 +20,7 @@ from .batched import Forward, plan_job, run_chunk
 from .clean import clean_pass
 from .job import Job, finish, source_keys
 from .plan import Chunk
-from .shared import prefix_groups
+from .shared import PrefixGroups, prefix_groups
 
 PIECE = 32
 
@@ -40,21 +40,28 @@ def run_chain(job: Job, todo: list[int]) -> int:
                                patch_keys=patch, last=False)
     fw = Forward({k: m.flatten() for k, m in fills.items()}, False, job.additions,
                  job.features, job.metric)
+    # patches mix per-prompt sources: no shared prefixes anywhere (one layout for the chain)
+    groups = [None if patch or st.kv is None else prefix_groups(st.batch) for st in states]
     for piece in (todo[a:a + PIECE] for a in range(0, len(todo), PIECE)):
-        for state in states:
-            _run_piece(model, state, [(i, chunks[i]) for i in piece], fw, job, bool(patch))
+        for state, g in zip(states, groups):
+            _run_piece(model, state, g, [(i, chunks[i]) for i in piece], fw, job)
         finish(job, piece)
     return 0
 
 
-def _run_piece(model, state, piece: list[tuple[int, Chunk]], fw: Forward, job: Job,
-               patches: bool) -> None:
-    """The piece's variants on one prompt batch, each from its predecessor's residuals."""
+def _run_piece(model, state, groups: PrefixGroups | None, piece: list[tuple[int, Chunk]],
+               fw: Forward, job: Job) -> None:
+    """The piece's variants on one prompt batch, each from its predecessor's residuals.
+    `resid`: the last variant's residual entering each layer it computed; a layer missing is
+    below every start so far, where every variant of the piece is still clean."""
     b, L, metric = state.batch, model.n_layers, fw.metric
-    groups = None if patches or state.kv is None else prefix_groups(b)
-    clean = {layer: x if groups is None else (groups.prefix_of(x), groups.suffix_of(x))
-             for layer, x in state.resid_pre.items()}
-    resid, prev, prev_values = clean, None, None
+
+    def entering(layer):
+        if layer in resid:
+            return resid[layer]
+        x = state.resid_pre[layer]
+        return x if groups is None else (groups.prefix_of(x), groups.suffix_of(x))
+    resid, prev, prev_values = {}, None, None
     for i, chunk in piece:
         sig = _signature(job.variants[i])
         f = _first_difference(prev or {}, sig, L)      # no predecessor: its lowest edit
@@ -63,7 +70,7 @@ def _run_piece(model, state, piece: list[tuple[int, Chunk]], fw: Forward, job: J
             values = prev_values
         else:
             capture = {layer: None for layer in range(f + 1, L)}
-            start = resid[f] if 0 < f < L else None
+            start = entering(f) if 0 < f < L else None
             above = {k: blk for k, blk in chunk.blocks.items() if k[0] >= f}  # below: in `start`
             values = run_chunk(model, state, Chunk(chunk.variant_ids, f, 0, chunk.bytes, above),
                                fw, shared=groups, start=start, capture=capture)
