@@ -19,7 +19,7 @@ import torch
 
 import emofast as ef
 from emofast.data import EMOTIONS6, labelled_sample
-from emofast.pipelines.quant import general_texts
+from emofast.data import general_texts
 from emofast.quant import quantize
 from emofast.quant.passes import arm_pass, reference_pass
 

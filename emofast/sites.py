@@ -7,9 +7,11 @@ A site is a place in the forward pass you can read or write, named "L{layer}.{ki
                                     parallel residual, where attention and MLP share resid_pre)
     resid_post  [B, T, d_model]     residual stream leaving layer L
     attn_z      [B, T, H, d_head]   per-head attention output before the output projection
-    attn_out    [B, T, d_model]     attention output (after the output projection)
+    attn_out    [B, T, d_model]     attention output as it joins the residual: after the output
+                                    projection (Gemma 2/3: after post_attention_layernorm)
     mlp_act     [B, T, d_mlp]       MLP activation before the down-projection
-    mlp_out     [B, T, d_model]     MLP output
+    mlp_out     [B, T, d_model]     MLP output as it joins the residual (Gemma 2/3: after
+                                    post_feedforward_layernorm)
 
 One hook signature: `fn(act, site) -> Tensor | None`; return a tensor to replace the activation
 (same shape), or None to leave it. `hooks(adapter, {"L3.attn_z": fn})` installs them and removes
@@ -146,7 +148,7 @@ def _install(adapter: Modules, site: Site, fn: HookFn):
 
         return adapter.module(layer, part).register_forward_pre_hook(pre_hook, with_kwargs=True)
 
-    part = {"resid_post": "block", "attn_out": "attn_out_proj", "mlp_out": "mlp_down"}[kind]
+    part = {"resid_post": "block", "attn_out": "attn_out", "mlp_out": "mlp_out"}[kind]
 
     def post_hook(module, args, output):
         x = _first(output)

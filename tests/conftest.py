@@ -10,7 +10,8 @@ import torch
 
 from emofast.models import Model
 
-FAMILIES = ["gpt2", "gpt_neox", "gpt_neox_serial", "gpt_neo", "llama", "qwen2", "mistral"]
+FAMILIES = ["gpt2", "gpt_neox", "gpt_neox_serial", "gpt_neo", "llama", "qwen2", "mistral",
+            "gemma3_text"]
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<assistant>{% endif %}")
 
@@ -46,16 +47,39 @@ def tiny_config(family: str, vocab: int = 258):
         return GPTNeoConfig(num_layers=3, hidden_size=32, num_heads=4, max_position_embeddings=512,
                             attention_types=[[["global", "local"], 1], [["global"], 1]],
                             window_size=8, **common)
+    if family.startswith("gemma"):
+        return _gemma_config(family, common)
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[family]
     return cls(num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
                intermediate_size=48, max_position_embeddings=512, **common)
 
 
-def make_tiny(family: str, seed: int = 0) -> Model:
+def _gemma_config(family: str, common: dict, window: int = 8):
+    """Gemma 3 (sandwich norms, q/k norms, local layers of `window` tokens beside a global one,
+    H * d_head != d_model as in the real 270M); "gemma2" adds soft-capping; "gemma" is Gemma 1."""
+    from transformers import Gemma2Config, Gemma3TextConfig, GemmaConfig
+
+    sizes = dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=16, intermediate_size=48, max_position_embeddings=512, **common)
+    if family == "gemma":
+        return GemmaConfig(**sizes)
+    local = dict(layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                 sliding_window=window, query_pre_attn_scalar=16)
+    if family == "gemma2":
+        return Gemma2Config(final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+                            **local, **sizes)
+    return Gemma3TextConfig(**local, **sizes)
+
+
+def make_tiny(family: str, seed: int = 0, **config) -> Model:
+    """A tiny random model of `family`; `config` overrides its config's fields."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(tiny_config(family)).eval()
+    cfg = tiny_config(family)
+    for key, value in config.items():
+        setattr(cfg, key, value)
+    hf = AutoModelForCausalLM.from_config(cfg).eval()
     return Model(hf, tiny_tokenizer(), name=f"tiny-{family}")
 
 

@@ -46,6 +46,16 @@ def test_resid_sites_equal_hidden_states(tiny):
             torch.testing.assert_close(got[f"L{layer}.resid_post"], hs[layer + 1])
 
 
+def _joins_residual(model, layer, part, y):
+    """What a sublayer's projection output y adds to the residual: y, or in Gemma 2/3's sandwich
+    blocks post_norm(y), by hand (RMSNorm with gain 1 + weight)."""
+    if model.adapter.model_type not in ("gemma2", "gemma3_text"):
+        return y
+    norm = getattr(model.adapter.blocks[layer],
+                   {"attn": "post_attention_layernorm", "mlp": "post_feedforward_layernorm"}[part])
+    return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + norm.eps) * (1 + norm.weight)
+
+
 def test_attn_z_through_W_O_sums_to_attn_out(tiny):
     got = {}
     layer = 1
@@ -58,10 +68,12 @@ def test_attn_z_through_W_O_sums_to_attn_out(tiny):
     per_head = torch.einsum("bthd,hdm->bthm", z, W_O)
     b_O = tiny.adapter.b_O(layer)
     expected = per_head.sum(2) + (0 if b_O is None else b_O)
-    torch.testing.assert_close(expected, got["out"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(_joins_residual(tiny, layer, "attn", expected), got["out"],
+                               atol=1e-5, rtol=1e-4)
     down = tiny.adapter.module(layer, "mlp_down")
     expected_mlp = got["act"] @ tiny.adapter.W_down(layer) + (0 if down.bias is None else down.bias)
-    torch.testing.assert_close(expected_mlp, got["mlp"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(_joins_residual(tiny, layer, "mlp", expected_mlp), got["mlp"],
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_resid_mid_is_resid_pre_plus_attn_out(tiny):
@@ -72,9 +84,12 @@ def test_resid_mid_is_resid_pre_plus_attn_out(tiny):
             with tiny.hooks({"L1.resid_mid": lambda a, s: None}):
                 pass
         return
+    names += ["L1.mlp_out", "L1.resid_post"]
     with tiny.hooks({n: _grab(got, n) for n in names}):
         _run(tiny)
     torch.testing.assert_close(got["L1.resid_pre"] + got["L1.attn_out"], got["L1.resid_mid"],
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got["L1.resid_mid"] + got["L1.mlp_out"], got["L1.resid_post"],
                                atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="read-only"):
         with tiny.hooks({"L1.resid_mid": lambda a, s: a * 2}):

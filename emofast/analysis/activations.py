@@ -3,6 +3,7 @@
     acts = text_activations(model, texts, kind="resid_post", pool="mean")   # [L, N, d_model]
     acts = example_activations(model, load_dataset("basic4"), pool="span")  # emotion words
     acts = prompt_activations(model, sev_prompts(skeletons))                # last prompt token
+    both = pooled_activations(model, texts, ("last", "mean"))   # one pass: {pool: [L, N, d]}
 
 Pooling for labelled texts: "mean" over the text's tokens (the default: the most separable on
 basic4, 0.97 held-out probe accuracy vs 0.93 for "last" on SmolLM2), "last" (sentence-final
@@ -38,6 +39,27 @@ def text_activations(model: Model, texts: Sequence[str], *, kind: str = "resid_p
     acts = model.cache(texts, names, pool=pool, spans=spans, templated=templated,
                        batch_size=batch_size, progress=progress)
     return torch.stack([acts[n].flatten(1) for n in names])
+
+
+def pooled_activations(model: Model, texts: Sequence[str], pools: Sequence[str] = ("last", "mean"),
+                       *, kind: str = "resid_post", layers: Sequence[int] | None = None,
+                       batch_size: int = 32, progress: bool = True) -> dict[str, torch.Tensor]:
+    """`text_activations` for several pools ("last", "mean") from one forward per batch:
+    {pool: [L, N, width]}, equal to one `text_activations` call per pool."""
+    bad = [p for p in pools if p not in ("last", "mean")]
+    if bad or not pools:
+        raise ValueError(f"pooled_activations pools must be 'last' and/or 'mean', got {pools}")
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    names = sites_for(kind, layers)
+    out = {p: [] for p in pools}
+    for start in range(0, len(texts), 4 * batch_size):       # bounded memory: per-token reads
+        acts = model.cache(texts[start:start + 4 * batch_size], names, pool="all",
+                           batch_size=batch_size, progress=progress)
+        for p in pools:
+            out[p].append(torch.stack([torch.stack([a[-1] if p == "last" else a.mean(0)
+                                                    for a in acts[n]]).flatten(1)
+                                       for n in names]))                 # [L, n, width]
+    return {p: torch.cat(v, 1) for p, v in out.items()}
 
 
 def example_activations(model: Model, examples: Sequence[Example], *, pool: str = "mean",

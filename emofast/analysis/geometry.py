@@ -102,7 +102,7 @@ class Alignment(NamedTuple):
     matrix: Tensor  # [d1, d2] linear part, fitted on centred data
     x_mean: Tensor  # [d1]
     y_mean: Tensor  # [d2]
-    method: str  # "lstsq" or "procrustes"
+    method: str  # "lstsq", "ridge" or "procrustes"
 
     def apply(self, x: Tensor) -> Tensor:
         """Map points (activations) [..., d1] -> [..., d2], means included."""
@@ -113,10 +113,13 @@ class Alignment(NamedTuple):
         return v.to(torch.float32) @ self.matrix
 
 
-def fit_alignment(X: Tensor, Y: Tensor, method: Literal["lstsq", "procrustes"] = "lstsq") -> Alignment:
+def fit_alignment(X: Tensor, Y: Tensor, method: Literal["lstsq", "ridge", "procrustes"] = "lstsq",
+                  *, ridge: float = 0.0) -> Alignment:
     """Fit X [N, d1] -> Y [N, d2] on paired rows, both centred on their means first.
 
     lstsq: matrix = argmin ||Xc @ M - Yc|| (minimum-norm when Xc is rank deficient).
+    ridge: argmin ||Xc @ M - Yc||^2 + ridge * N * mean(Xc^2) * ||M||^2 (the penalty relative to
+    the data's scale, so one grid of `ridge` serves models of any residual norm).
     procrustes: matrix = U @ Vh from the SVD of Xc.T @ Yc: orthogonal when d1 == d2, with
     orthonormal rows (d1 <= d2) or columns (d1 > d2) otherwise; a pure rotation, no scaling.
     """
@@ -129,12 +132,57 @@ def fit_alignment(X: Tensor, Y: Tensor, method: Literal["lstsq", "procrustes"] =
     xc, yc = x - x_mean, y - y_mean  # [N, d1], [N, d2]
     if method == "lstsq":
         matrix = torch.linalg.lstsq(xc, yc, driver="gelsd").solution  # [d1, d2]
+    elif method == "ridge":
+        u, s, vh = torch.linalg.svd(xc, full_matrices=False)  # ridge solution through the SVD
+        lam = ridge * xc.pow(2).mean() * xc.shape[0]
+        matrix = vh.T @ ((s / (s.pow(2) + lam))[:, None] * (u.T @ yc))  # [d1, d2]
     elif method == "procrustes":
         u, _, vh = torch.linalg.svd(xc.T @ yc, full_matrices=False)  # u [d1, r], vh [r, d2]
         matrix = u @ vh  # [d1, d2]
     else:
-        raise ValueError(f"unknown alignment method {method!r}: use 'lstsq' or 'procrustes'")
+        raise ValueError(f"unknown alignment method {method!r}: use 'lstsq', 'ridge' or "
+                         "'procrustes'")
     return Alignment(matrix, x_mean, y_mean, method)
+
+
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def choose_ridge(X: Tensor, Y: Tensor, ridges=RIDGES, *, holdout: float = 0.2,
+                 seed: int = 0) -> tuple[float, dict[float, float]]:
+    """The ridge of least held-out error: fit on a seeded (1 - holdout) share of the paired
+    rows, score the rest by relative squared error ||Y - map(X)||^2 / ||Y - mean||^2.
+    Returns (best ridge, {ridge: held-out relative error})."""
+    x, y = _matrix(X, "X"), _matrix(Y, "Y")
+    n_test = int(round(holdout * x.shape[0]))
+    if not 2 <= n_test <= x.shape[0] - 2:
+        raise ValueError(f"choose_ridge needs >= 2 rows on each side of the split, have "
+                         f"{x.shape[0]} rows and holdout={holdout}")
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    test, train = perm[:n_test], perm[n_test:]
+    errors = {}
+    for r in ridges:
+        fit = fit_alignment(x[train], y[train], "ridge", ridge=r)
+        resid = (fit.apply(x[test]) - y[test]).pow(2).sum()
+        errors[float(r)] = float(resid / (y[test] - y[train].mean(0)).pow(2).sum())
+    return min(errors, key=errors.get), errors
+
+
+def coordinate_overlap(A: Tensor, B: Tensor) -> float:
+    """`subspace_overlap` of subspaces of two different spaces, R^d1 and R^d2, compared on their
+    first min(d1, d2) coordinates (each basis truncated, then orthonormalised): the only
+    comparison there is before any alignment, meaningful only against `random_overlap`."""
+    d = min(A.shape[-1], B.shape[-1])
+    return subspace_overlap(A[:, :d], B[:, :d])
+
+
+def random_overlap(k: int, d1: int, d2: int, *, n: int = 200, seed: int = 0) -> tuple[float, float]:
+    """Chance level of `coordinate_overlap` for random k-dim subspaces of R^d1 and R^d2: (mean,
+    95th percentile) over n seeded Gaussian draws."""
+    g = torch.Generator().manual_seed(seed)
+    vals = torch.tensor([coordinate_overlap(torch.randn(k, d1, generator=g),
+                                            torch.randn(k, d2, generator=g)) for _ in range(n)])
+    return float(vals.mean()), float(vals.quantile(0.95))
 
 
 class AlignmentStats(NamedTuple):

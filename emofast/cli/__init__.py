@@ -1,5 +1,5 @@
 """The `emofast` command: demo, directions, steer, sweep, discover, judge, sae, recognize,
-features, quant; one module each.
+features, quant, models, crossmodel; one module each.
 
 Each subcommand module parses its flags into a config (or a library call's arguments) and calls
 a pipeline or library function; `emofast <command> --help` explains each.
@@ -12,9 +12,11 @@ import sys
 
 from ..processes import torchrun_group
 from ..validation import Interrupted
-from . import demo, directions, discover, features, judge, quant, recognize, sae, steer, sweep
+from . import (crossmodel, demo, directions, discover, features, judge, models, quant,
+               recognize, sae, steer, sweep)
 
-COMMANDS = (demo, directions, steer, sweep, discover, judge, sae, recognize, features, quant)
+COMMANDS = (demo, directions, steer, sweep, discover, judge, sae, recognize, features, quant,
+            models, crossmodel)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@
     basic4 = load_dataset("basic4")                 # list[Example]: text, label, span
     sev = load_skeletons("sev6", split="train")     # list[Skeleton]
     prompts = sev_prompts(sev)                      # 18 elicitation prompts per skeleton
+    prose = general_texts(20, 300)                  # general English (pydoc_data.topics)
 
 Formats (one JSON object per line; a malformed line is an error naming file and line):
 - labelled text: {"text", "label"[, "span": [start, end]]}, span = characters of the
@@ -273,4 +274,19 @@ def labelled_sample(spec: str, emotions: Sequence[str], n: int | None, seed: int
         if n is not None and n < len(mine):
             mine = random.Random(f"{seed}:{emotion}").sample(mine, n)
         out += mine
+    return out
+
+
+def general_texts(n: int, chars: int) -> list[str]:
+    """n paragraphs of pydoc_data.topics spread over its topics, each cut to at most `chars`
+    characters at a word boundary."""
+    import pydoc_data.topics as topics
+
+    paras = [p.strip() for name in sorted(topics.topics) for p in topics.topics[name].split("\n\n")
+             if len(p.strip()) >= 200 and not p.lstrip().startswith((">>>", "..."))]
+    step = max(1, len(paras) // n)
+    out = []
+    for p in paras[::step][:n]:
+        p = " ".join(p.split())
+        out.append(p if len(p) <= chars else p[:chars].rsplit(" ", 1)[0])
     return out

@@ -105,7 +105,7 @@ def _attribute_batch(model: Model, b, metric: Metric, keys: list[tuple[int, str]
     with torch.enable_grad(), model.hooks(hooks):
         hidden = model.forward(b.ids, b.mask, base=True).last_hidden_state
         if metric.reads == "logits":
-            logits = model.hf.get_output_embeddings()(hidden[:, -1]).float()  # [B, vocab]
+            logits = model.unembed(hidden[:, -1])  # [B, vocab]
             values = metric(Readout(logits, logits.detach().log_softmax(-1), None))  # [B]
         else:
             values = metric(Readout(None, None, seen["resid"]))

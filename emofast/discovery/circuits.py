@@ -196,7 +196,7 @@ def unit_scores(model: Model, dirs: EmotionDirections, diffs: UnitDifferences,
     """(neurons [L, d_mlp], heads [L, H]): how far modulating each unit with alpha = 1 moves
     the residual stream along the emotion's direction at its layer. Neurons: rank_neurons'
     contribution with the difference as activation (difference x W_down[j] . v); heads:
-    difference [d_head] . (W_O[h] v)."""
+    difference [d_head] . (W_O[h] v) (both with a post-norm's gain folded in: `rank_neurons`)."""
     e, L = diffs.index(emotion), model.n_layers
     if sorted(dirs.layers) != list(range(L)):
         raise ValueError(f"unit_scores needs directions at every layer 0..{L - 1}, "
@@ -204,7 +204,7 @@ def unit_scores(model: Model, dirs: EmotionDirections, diffs: UnitDifferences,
     neurons = rank_neurons(model, dirs, emotion,
                            acts={layer: diffs.mlp[layer, e][None] for layer in range(L)})
     heads = torch.stack([torch.einsum("hd,hdm,m->h", diffs.attn[layer, e],
-                                      model.adapter.W_O(layer).float().cpu(),
+                                      model.adapter.residual_W_O(layer).float().cpu(),
                                       dirs.get(emotion, layer)) for layer in range(L)])
     return neurons.contribution, heads
 

@@ -80,7 +80,7 @@ def feature_attribution(model: Model, saes: Sequence[SAE], prompts: Sequence[str
             return act + zero
         with torch.enable_grad(), model.hooks({s.site: probe for s in saes}):
             hidden = model.forward(b.ids, b.mask, base=True).last_hidden_state
-            logits = model.hf.get_output_embeddings()(hidden[:, -1]).float()
+            logits = model.unembed(hidden[:, -1])
             values = metric(Readout(logits, logits.detach().log_softmax(-1), None))
             grads = torch.autograd.grad(values.sum(), [probes[s.site] for s in saes],
                                         allow_unused=True)

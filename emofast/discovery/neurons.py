@@ -6,6 +6,9 @@
 `rank_neurons` reads weights only (plus, optionally, cached activations): a neuron's
 `projection` is how much one unit of its activation writes along the emotion direction,
 W_down(L)[j] . v_L; its `contribution` is mean activation x projection (arXiv 2510.11328).
+In Gemma 2/3 the MLP output passes a norm before the residual: W_down then carries the norm's
+gain (`Adapter.residual_W_down`), and the per-token RMS division, shared by the layer's neurons,
+is left out (rankings within a layer are exact to first order, across layers approximate).
 """
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ def rank_neurons(model: Model, directions: Mapping[int, Tensor] | EmotionDirecti
         if v.numel() != model.d_model:
             raise ValueError(f"direction at layer {layer} has {v.numel()} entries, "
                              f"expected d_model={model.d_model}")
-        W = model.adapter.W_down(layer).float()                       # [d_mlp, d_model]
+        W = model.adapter.residual_W_down(layer).float()              # [d_mlp, d_model]
         proj.append(W @ v.to(W.device))                               # [d_mlp]
     projection = torch.stack(proj).cpu()                              # [L, d_mlp]
     contribution = None

@@ -134,7 +134,8 @@ def _scores(model, prompts: list[str], candidates: dict[str, list[int]],
         rows = None if iv is None else iv.take(slice(start, start + enc["input_ids"].shape[0]),
                                                enc["input_ids"].shape[0])
         with nullcontext() if rows is None else rows.hooks(model):
-            logits = model.forward(enc["input_ids"], enc["attention_mask"]).logits[:, -1].float()
+            logits = model.forward(enc["input_ids"], enc["attention_mask"],
+                                   logits_to_keep=1).logits[:, -1].float()
         scores.append(torch.stack([logits[:, ids].max(-1).values
                                    for ids in candidates.values()], -1).cpu())   # [B, labels]
     return torch.cat(scores)

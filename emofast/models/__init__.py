@@ -1,7 +1,8 @@
-"""Model loading, the embedded default model, and the architecture adapters."""
+"""Model loading, the embedded models, and the architecture adapters."""
 from .adapters import ADAPTERS, Adapter
+from .embedded import ALIASES, install_embedded
 from .loading import DEFAULT_MODEL, load_model
 from .model import POOLS, Model, kv_cache_kwargs, position_ids, returned_cache
 
-__all__ = ["ADAPTERS", "Adapter", "DEFAULT_MODEL", "Model", "POOLS", "kv_cache_kwargs", "load_model",
+__all__ = ["ADAPTERS", "ALIASES", "Adapter", "install_embedded", "DEFAULT_MODEL", "Model", "POOLS", "kv_cache_kwargs", "load_model",
            "position_ids", "returned_cache"]

@@ -1,9 +1,18 @@
 """One adapter table, keyed by `config.model_type`, that addresses modules of unmodified HF models.
 
 An `ArchSpec` names, relative to the model, where each family keeps its blocks and, relative to a
-block, the attention output projection (its input is the per-head `attn_z`, its output
-`attn_out`), the MLP down-projection (input `mlp_act`, output `mlp_out`) and the norm whose input
-is the residual stream between attention and MLP (`resid_mid`). `Adapter` binds a spec to a
+block, the attention output projection (its input is the per-head `attn_z`), the MLP
+down-projection (input `mlp_act`), the norm whose input is the residual stream between attention
+and MLP (`resid_mid`), and the modules whose outputs join the residual stream (`attn_out`,
+`mlp_out`): the projections themselves, except in Gemma's sandwich-norm blocks.
+
+Gemma 2/3 normalise each sublayer's output before adding it (h + post_norm(o_proj(z))), so there
+`attn_out` and `mlp_out` are the post-norms' outputs, the sublayers' real residual contributions:
+resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp_out hold in every family. The
+per-head decomposition through W_O then sums to o_proj's output, *not* to attn_out: a head's
+residual contribution goes through the shared RMS of all heads' sum. `write_gain` gives the
+post-norm's per-dimension gain, which linear readings (a unit's projection on a direction) fold
+in; the RMS division, common to all units of a sublayer at a token, they leave out. `Adapter` binds a spec to a
 model and exposes the weights the analyses need, in one orientation whatever the family:
 
     W_down(L)  [d_mlp, d_model]        W_O(L)  [H, d_head, d_model]      W_U  [d_model, V]
@@ -25,10 +34,17 @@ class ArchSpec:
     mlp_down: str               # from a block: input [B, T, d_mlp], output [B, T, d_model]
     mid_norm: str               # from a block: the norm whose input is resid_mid
     final_norm: str             # from the model root
+    attn_out: str = ""          # from a block: output joins the residual ("" = attn_out_proj)
+    mlp_out: str = ""           # from a block: output joins the residual ("" = mlp_down)
 
 
 _LLAMA = ArchSpec("model.layers", "self_attn.o_proj", "mlp.down_proj", "post_attention_layernorm",
                   "model.norm")
+# Sandwich norms: pre_feedforward_layernorm reads resid_mid; the post-norms write the residual.
+_GEMMA_SANDWICH = ArchSpec("model.layers", "self_attn.o_proj", "mlp.down_proj",
+                           "pre_feedforward_layernorm", "model.norm",
+                           attn_out="post_attention_layernorm",
+                           mlp_out="post_feedforward_layernorm")
 ADAPTERS: dict[str, ArchSpec] = {
     "gpt2": ArchSpec("transformer.h", "attn.c_proj", "mlp.c_proj", "ln_2", "transformer.ln_f"),
     "gpt_neox": ArchSpec("gpt_neox.layers", "attention.dense", "mlp.dense_4h_to_h",
@@ -38,6 +54,9 @@ ADAPTERS: dict[str, ArchSpec] = {
     "llama": _LLAMA,
     "qwen2": _LLAMA,
     "mistral": _LLAMA,
+    "gemma": _LLAMA,            # Gemma 1: Llama's block (its norms scale by 1 + weight)
+    "gemma2": _GEMMA_SANDWICH,
+    "gemma3_text": _GEMMA_SANDWICH,
 }
 
 
@@ -62,9 +81,22 @@ class Adapter:
         self.d_mlp = self._weight(self.module(0, "mlp_down"), out_features=self.d_model).shape[0]
 
     def module(self, layer: int, part: str) -> nn.Module:
-        """The block (`part="block"`) or one of its parts: attn_out_proj, mlp_down, mid_norm."""
+        """The block (`part="block"`) or one of its parts: attn_out_proj, mlp_down, mid_norm,
+        attn_out, mlp_out (the modules whose outputs join the residual stream)."""
         block = self.blocks[layer]
-        return block if part == "block" else block.get_submodule(getattr(self.spec, part))
+        if part == "block":
+            return block
+        name = getattr(self.spec, part) or getattr(self.spec, _WRITES_THROUGH.get(part, part))
+        return block.get_submodule(name)
+
+    def write_gain(self, layer: int, part: str) -> torch.Tensor | None:
+        """The per-dimension gain [d_model] of the norm between `part` ("attn_out_proj" or
+        "mlp_down") and the residual stream, or None where the projection writes it directly.
+        (Only Gemma 2/3 have such norms; Gemma's RMSNorm scales by 1 + weight.)"""
+        out = {"attn_out_proj": "attn_out", "mlp_down": "mlp_out"}[part]
+        if not getattr(self.spec, out):
+            return None
+        return 1.0 + self.module(layer, out).weight.detach().float()
 
     def _weight(self, linear: nn.Module, out_features: int) -> torch.Tensor:
         """Weight as [in, out], dequantising bitsandbytes layers (which are always [out, in],
@@ -88,6 +120,16 @@ class Adapter:
         w = self._weight(self.module(layer, "attn_out_proj"), self.d_model)
         return w.reshape(self.n_heads, self.d_head, self.d_model)
 
+    def residual_W_down(self, layer: int) -> torch.Tensor:
+        """W_down [d_mlp, d_model] as it writes the residual stream: with the post-norm's gain
+        folded in where there is one (Gemma 2/3), to first order and up to the RMS division
+        that all neurons of the layer share at a token; W_down itself elsewhere."""
+        return _fold(self.W_down(layer), self.write_gain(layer, "mlp_down"))
+
+    def residual_W_O(self, layer: int) -> torch.Tensor:
+        """W_O [H, d_head, d_model] as it writes the residual stream (`residual_W_down`)."""
+        return _fold(self.W_O(layer), self.write_gain(layer, "attn_out_proj"))
+
     def b_O(self, layer: int) -> torch.Tensor | None:
         """Output-projection bias [d_model], or None (Llama family)."""
         b = self.module(layer, "attn_out_proj").bias
@@ -101,6 +143,13 @@ class Adapter:
     def W_U(self) -> torch.Tensor:
         """Unembedding, [d_model, V]."""
         return self.model.get_output_embeddings().weight.detach().T
+
+
+def _fold(w: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+    return w if gain is None else w * gain.to(w.device, w.dtype)
+
+
+_WRITES_THROUGH = {"attn_out": "attn_out_proj", "mlp_out": "mlp_down"}
 
 
 def _dequantize(linear: nn.Module) -> torch.Tensor:

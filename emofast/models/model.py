@@ -80,9 +80,17 @@ class Model:
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                       add_generation_prompt=True)
-        else:
-            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+        else:  # a base model: plain paragraphs, after the BOS the tokenizer would have added
+            text = self._bos + "\n\n".join(m["content"] for m in messages) + "\n\n"
         return text + (prompt.prefill if isinstance(prompt, Prompt) else "")
+
+    @functools.cached_property
+    def _bos(self) -> str:
+        """The BOS token when the tokenizer adds one (Gemma: without it the model is lost);
+        templated texts are encoded without special tokens, so chat_text writes it."""
+        tok, bos = self.tokenizer, self.tokenizer.bos_token_id
+        ids = tok("a", add_special_tokens=True)["input_ids"]
+        return tok.bos_token if bos is not None and ids and ids[0] == bos else ""
 
     def encode(self, texts: Sequence[str], *, templated: bool = False, offsets: bool = False,
                padding_side: str | None = None):
@@ -117,6 +125,14 @@ class Model:
         kwargs.setdefault("use_cache", False)
         return module(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev),
                       position_ids=position_ids(attention_mask).to(dev), **kwargs)
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V] (fp32) from final-normed hidden states [..., d_model], as the HF head
+        computes them, final-logit soft-capping included (Gemma 2: cap * tanh(x / cap)). Unembed
+        only the positions a metric reads: V is 262144 for Gemma."""
+        logits = self.hf.get_output_embeddings()(hidden).float()
+        cap = getattr(self.hf.config, "final_logit_softcapping", None)
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     def hooks(self, mapping):
         """Context manager installing `{site: fn}` hooks; see `emofast.sites.hooks`."""

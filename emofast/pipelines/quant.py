@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .. import report
 from ..analysis import sev_directions
-from ..data import EMOTIONS6, labelled_sample, load_skeletons, neutral_sentences
+from ..data import EMOTIONS6, general_texts, labelled_sample, load_skeletons, neutral_sentences
 from ..eval.control import steering_configs
 from ..eval.judge import EmotionJudge
 from ..eval.matched_damage import matched_damage
@@ -150,21 +150,6 @@ class QuantResult:
                 "reference": self.reference, "arms": [a.to_json() for a in self.arms],
                 "test": self.test, "deep": self.deep, "anchors": self.anchors,
                 "stage_s": self.stage_s, "elapsed_s": self.elapsed_s}
-
-
-def general_texts(n: int, chars: int) -> list[str]:
-    """n paragraphs of pydoc_data.topics spread over its topics, each cut to at most `chars`
-    characters at a word boundary."""
-    import pydoc_data.topics as topics
-
-    paras = [p.strip() for name in sorted(topics.topics) for p in topics.topics[name].split("\n\n")
-             if len(p.strip()) >= 200 and not p.lstrip().startswith((">>>", "..."))]
-    step = max(1, len(paras) // n)
-    out = []
-    for p in paras[::step][:n]:
-        p = " ".join(p.split())
-        out.append(p if len(p) <= chars else p[:chars].rsplit(" ", 1)[0])
-    return out
 
 
 def _optional_saes(model: Model, folder: str) -> list:

@@ -51,7 +51,7 @@ def readout(model: Model, metric: Metric, hidden_last: torch.Tensor, seen: dict,
              clean_logprobs: torch.Tensor | None) -> Readout:
     """Readout from the final-normed hidden state at T-1 [B, d_model]."""
     if metric.reads == "logits":
-        logits = model.hf.get_output_embeddings()(hidden_last).float()   # [B, vocab]
+        logits = model.unembed(hidden_last)   # [B, vocab]
         return Readout(logits, clean_logprobs, None)
     return Readout(None, None, seen["resid"])
 
@@ -87,7 +87,7 @@ def clean_pass(model: Model, batches: list[Batch], metric: Metric, *, first_laye
         hidden_last = out.last_hidden_state[:, -1]
         logprobs = None
         if metric.reads == "logits":
-            logprobs = model.hf.get_output_embeddings()(hidden_last).float().log_softmax(-1)
+            logprobs = model.unembed(hidden_last).log_softmax(-1)
         kv = None
         if keep:
             kv = [(layer.keys, layer.values) for layer in returned_cache(out).layers]

@@ -67,7 +67,7 @@ def _one(job: Job, variant: tuple, st, means: dict) -> torch.Tensor:
                 stack.enter_context(iv.take(slice(b.start, b.stop), P).hooks(model))
         stack.enter_context(model.hooks(hooks))
         overflow = stack.enter_context(model.overflow_watch())
-        logits = model.forward(b.ids, b.mask).logits[:, -1].float()          # [P, vocab]
+        logits = model.forward(b.ids, b.mask, logits_to_keep=1).logits[:, -1].float()  # [P, V]
     r = (Readout(logits, st.readout.clean_logprobs, None)
          if metric.reads == "logits" else Readout(None, None, seen["resid"]))
     return overflowed_to_nan(metric(r), overflow)
