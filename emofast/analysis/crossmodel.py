@@ -27,9 +27,12 @@ class Stability(NamedTuple):
     different emotions' directions (near 1: the directions collapse onto one)."""
     split_half: Tensor          # [L, E] cos(direction from half A, from half B)
     between: Tensor             # [L] mean off-diagonal cosine between emotions' directions
+    between_centred: Tensor     # [L] the same with the emotions' own mean as the baseline:
+    #                             what they share against the baseline class removed
 
     def to_json(self) -> dict:
-        return {"split_half": self.split_half.tolist(), "between": self.between.tolist()}
+        return {"split_half": self.split_half.tolist(), "between": self.between.tolist(),
+                "between_centred": self.between_centred.tolist()}
 
 
 def direction_stability(acts: Tensor, labels: Sequence[str], emotions: Sequence[str], *,
@@ -51,12 +54,18 @@ def direction_stability(acts: Tensor, labels: Sequence[str], emotions: Sequence[
                           emotions=emotions).vectors
             for idx in (torch.cat(halves[0]), torch.cat(halves[1]))]          # [L, E, d] each
     split = (dirs[0] * dirs[1]).sum(-1)                                        # [L, E]
-    full = diff_of_means(acts, labels, baseline=baseline, emotions=emotions).vectors
-    cos = full @ full.transpose(1, 2)                                          # [L, E, E]
+    mine = torch.tensor([i for i, x in enumerate(labels) if x in set(emotions)])
+    full, centred = (diff_of_means(a, ls, baseline=b, emotions=emotions).vectors
+                     for a, ls, b in ((acts, labels, baseline),
+                                      (acts[:, mine], [labels[i] for i in mine.tolist()], "mean")))
+    return Stability(split, _mean_off_diagonal(full), _mean_off_diagonal(centred))
+
+
+def _mean_off_diagonal(dirs: Tensor) -> Tensor:
+    """[L, E, d] unit directions -> [L] mean cosine between different emotions."""
+    cos = dirs @ dirs.transpose(1, 2)                                          # [L, E, E]
     E = cos.shape[-1]
-    off = ~torch.eye(E, dtype=torch.bool)
-    between = cos[:, off].mean(-1) if E > 1 else torch.zeros(cos.shape[0])
-    return Stability(split, between)
+    return cos[:, ~torch.eye(E, dtype=torch.bool)].mean(-1) if E > 1 else torch.zeros(len(cos))
 
 
 def pca_basis(acts: Tensor, k: int) -> Tensor:

@@ -33,7 +33,7 @@ class PairGrid:
     matched: list[tuple[int, int]]       # depth-matched layer pairs (x layer, its y layer)
     ks: list[int]
     curves: dict[str, list[float]]       # before|chance|chance_p95|ridge|... -> per k, matched mean
-    held_out: dict                       # mean over matched pairs, k = E - 2
+    held_out: dict                       # mean over matched pairs, k = E - 2; ridge and shuffled
     ridge_lambda: list[float]            # per matched pair
     neutral_error: list[float]           # per matched pair: held-out relative error of the map
 
@@ -81,15 +81,19 @@ def align_pairs(x: Tensor, y: Tensor, labels: list[str], neutral_x: Tensor, neut
         dx, dy = (diff_of_means(torch.cat([acts[layer], nacts[layer][:n_base]], 0)[None], rows,
                                 baseline="neutral", emotions=emotions).vectors[0]
                   for acts, nacts, layer in ((x, neutral_x, lx), (y, neutral_y, ly)))
-        held.append(held_out_emotions(maps["ridge"], dx, dy, emotions, len(emotions) - 2))
+        held.append([held_out_emotions(maps[name], dx, dy, emotions, len(emotions) - 2)
+                     for name in ("ridge", "shuffled")])
     curves = {name: [sum(v[k]) / len(v[k]) for k in ks] for name, v in per_k.items()}
     curves["chance"] = [chance[k][0] for k in ks]
     curves["chance_p95"] = [chance[k][1] for k in ks]
-    mean = lambda f: [sum(getattr(h, f)[i] for h in held) / len(held)
-                      for i in range(len(emotions))]
+    def mean(field, m=0):
+        return [sum(getattr(h[m], field)[i] for h in held) / len(held)
+                for i in range(len(emotions))]
     held_out = {"emotions": list(emotions), "k": len(emotions) - 2, "mapped": mean("mapped"),
-                "own": mean("own"), "cosine": mean("cosine"), "chance": held[0].chance,
-                "identified": sum(h.identified for h in held) / len(held)}
+                "own": mean("own"), "cosine": mean("cosine"), "chance": held[0][0].chance,
+                "identified": sum(h[0].identified for h in held) / len(held),
+                "shuffled_mapped": mean("mapped", 1), "shuffled_cosine": mean("cosine", 1),
+                "shuffled_identified": sum(h[1].identified for h in held) / len(held)}
     return PairGrid(lx_grid, ly_grid, grid, matched, ks, curves, held_out, lambdas, errors)
 
 

@@ -28,6 +28,7 @@ def test_stability_sees_collapse_and_noise():
     acts, labels = _labelled(same, 40, 0.1)
     s = direction_stability(acts, labels, ["a", "b"])
     assert s.between[0] > 0.99 and (s.split_half > 0.99).all()
+    assert s.between_centred[0] < -0.5      # what a and b share against neutral, removed
     apart = {"neutral": torch.zeros(d), "a": 5 * u, "b": 5 * w}
     acts, labels = _labelled(apart, 40, 0.1)
     s = direction_stability(acts, labels, ["a", "b"])

