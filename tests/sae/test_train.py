@@ -18,9 +18,9 @@ CFG = SAETrainConfig(sites=("L1.resid_post", "L2.mlp_act"), expansion=4, k=4, ep
                      warmup_steps=2, dead_tokens=200)
 
 
-@pytest.fixture(scope="module")
-def model():
-    return make_tiny("llama")
+@pytest.fixture(scope="module", params=["llama", "gemma3_text"])
+def model(request):
+    return make_tiny(request.param)
 
 
 def test_learns_two_sites_in_one_run(model, tmp_path):
