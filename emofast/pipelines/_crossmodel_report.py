@@ -110,22 +110,27 @@ def verdicts(r) -> list[dict]:
         "-", f"k = E - 2 = {h['k']} subspace fitted without the emotion, mean over "
         "depth-matched layer pairs")
     for m in r.models:
-        s = _patch_summary(m)
-        d, rnd = s["direction"], s["random"]
-        add(f"{m.name}: tone moves linearly with alpha; random vectors do nothing",
-            "linear in alpha, strongest at GPT-2 layer 7 of 12 (depth 0.64)",
-            f"best layer {d['layer']} (depth {d['depth']:.2f}): judge gain {d['gain']:+.2f}, "
-            f"R^2 {d['r2']:.2f}; random gain {rnd['gain']:+.2f}",
-            "reproduced" if d["r2"] >= 0.8 and d["gain"] > 0.1 and abs(rnd["gain"]) < d["gain"] / 3
-            else "not reproduced",
-            "judge P(emotion), mean over the injected emotions; reproduced: R^2 >= 0.8, gain "
-            "> 0.1 and the random gain under a third of it")
-        ranks = m.heads.l0h0_rank
-        add(f"{m.name}: layer 0 head 0 is singled out", "GPT-2 L0H0",
-            "; ".join(f"{e}: L0H0 rank {k}, top {m.heads.top[e][0][:2]}" for e, k in ranks.items()),
-            "reproduced" if all(k <= 3 for k in ranks.values()) else "not reproduced",
-            "rank by |exact ablation effect| among all heads; reproduced: top 3 for every emotion")
+        _model_verdicts(m, add)
     return rows
+
+
+def _model_verdicts(m, add) -> None:
+    """The per-model rows: injection linear in alpha, and layer 0 head 0."""
+    s = _patch_summary(m)
+    d, rnd = s["direction"], s["random"]
+    add(f"{m.name}: tone moves linearly with alpha; random vectors do nothing",
+        "linear in alpha, strongest at GPT-2 layer 7 of 12 (depth 0.64)",
+        f"best layer {d['layer']} (depth {d['depth']:.2f}): judge gain {d['gain']:+.2f}, "
+        f"R^2 {d['r2']:.2f}; random gain {rnd['gain']:+.2f}",
+        "reproduced" if d["r2"] >= 0.8 and d["gain"] > 0.1 and abs(rnd["gain"]) < d["gain"] / 3
+        else "not reproduced",
+        "judge P(emotion), mean over the injected emotions; reproduced: R^2 >= 0.8, gain "
+        "> 0.1 and the random gain under a third of it")
+    ranks = m.heads.l0h0_rank
+    add(f"{m.name}: layer 0 head 0 is singled out", "GPT-2 L0H0",
+        "; ".join(f"{e}: L0H0 rank {k}, top {m.heads.top[e][0][:2]}" for e, k in ranks.items()),
+        "reproduced" if all(k <= 3 for k in ranks.values()) else "not reproduced",
+        "rank by |exact ablation effect| among all heads; reproduced: top 3 for every emotion")
 
 
 def plots(out: Path, r) -> None:
