@@ -95,8 +95,16 @@ class Model:
     def encode(self, texts: Sequence[str], *, templated: bool = False, offsets: bool = False,
                padding_side: str | None = None):
         """Tokenize a batch with padding (the tokenizer's side unless `padding_side` is given);
-        `templated` texts already carry special tokens."""
-        enc = self.tokenizer(_validation.texts(texts, "texts"), return_tensors="pt", padding=True,
+        `templated` texts already carry special tokens. Texts that already start with the BOS
+        the tokenizer adds (`chat_text` of a base model) get no second one."""
+        texts = _validation.texts(texts, "texts")
+        if not templated and self._bos:
+            starts = [t.startswith(self._bos) for t in texts]
+            if any(starts) and not all(starts):
+                raise ValueError(f"some texts start with {self._bos!r} and some do not: pass "
+                                 "them all with it (templated=True) or all without it")
+            templated = all(starts)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True,
                              add_special_tokens=not templated, return_offsets_mapping=offsets,
                              padding_side=padding_side or self.tokenizer.padding_side)
         n = enc["attention_mask"].sum(-1)

@@ -120,6 +120,10 @@ def test_base_model_chat_text_starts_with_bos():
     ids = m.encode([text], templated=True)["input_ids"][0].tolist()
     assert ids == m.encode(["Reply in anger.\n\nHow are you?\n\n"])["input_ids"][0].tolist()
     assert ids.count(tok.bos_token_id) == 1
+    plain = m.encode([text])["input_ids"][0].tolist()     # a sweep's plain encoding: one BOS
+    assert plain == ids
+    with pytest.raises(ValueError, match="some texts start with '<bos>'"):
+        m.encode([text, "How are you?"])
     assert make_tiny("llama").chat_text("hi").startswith("<user>hi")   # a template: no BOS added
 
 
