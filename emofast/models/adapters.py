@@ -12,8 +12,9 @@ resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp_out hold in ev
 per-head decomposition through W_O then sums to o_proj's output, *not* to attn_out: a head's
 residual contribution goes through the shared RMS of all heads' sum. `write_gain` gives the
 post-norm's per-dimension gain, which linear readings (a unit's projection on a direction) fold
-in; the RMS division, common to all units of a sublayer at a token, they leave out. `Adapter` binds a spec to a
-model and exposes the weights the analyses need, in one orientation whatever the family:
+in; the RMS division, common to all units of a sublayer at a token, they leave out.
+
+`Adapter` binds a spec to a model and exposes the weights the analyses need, in one orientation whatever the family:
 
     W_down(L)  [d_mlp, d_model]        W_O(L)  [H, d_head, d_model]      W_U  [d_model, V]
 
@@ -34,8 +35,12 @@ class ArchSpec:
     mlp_down: str               # from a block: input [B, T, d_mlp], output [B, T, d_model]
     mid_norm: str               # from a block: the norm whose input is resid_mid
     final_norm: str             # from the model root
-    attn_out: str = ""          # from a block: output joins the residual ("" = attn_out_proj)
-    mlp_out: str = ""           # from a block: output joins the residual ("" = mlp_down)
+    attn_out: str = ""          # from a block: output joins the residual ("": attn_out_proj)
+    mlp_out: str = ""           # from a block: output joins the residual ("": mlp_down)
+
+    def __post_init__(self):
+        object.__setattr__(self, "attn_out", self.attn_out or self.attn_out_proj)
+        object.__setattr__(self, "mlp_out", self.mlp_out or self.mlp_down)
 
 
 _LLAMA = ArchSpec("model.layers", "self_attn.o_proj", "mlp.down_proj", "post_attention_layernorm",
@@ -84,17 +89,14 @@ class Adapter:
         """The block (`part="block"`) or one of its parts: attn_out_proj, mlp_down, mid_norm,
         attn_out, mlp_out (the modules whose outputs join the residual stream)."""
         block = self.blocks[layer]
-        if part == "block":
-            return block
-        name = getattr(self.spec, part) or getattr(self.spec, _WRITES_THROUGH.get(part, part))
-        return block.get_submodule(name)
+        return block if part == "block" else block.get_submodule(getattr(self.spec, part))
 
     def write_gain(self, layer: int, part: str) -> torch.Tensor | None:
         """The per-dimension gain [d_model] of the norm between `part` ("attn_out_proj" or
         "mlp_down") and the residual stream, or None where the projection writes it directly.
         (Only Gemma 2/3 have such norms; Gemma's RMSNorm scales by 1 + weight.)"""
         out = {"attn_out_proj": "attn_out", "mlp_down": "mlp_out"}[part]
-        if not getattr(self.spec, out):
+        if getattr(self.spec, out) == getattr(self.spec, part):
             return None
         return 1.0 + self.module(layer, out).weight.detach().float()
 
@@ -147,9 +149,6 @@ class Adapter:
 
 def _fold(w: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
     return w if gain is None else w * gain.to(w.device, w.dtype)
-
-
-_WRITES_THROUGH = {"attn_out": "attn_out_proj", "mlp_out": "mlp_down"}
 
 
 def _dequantize(linear: nn.Module) -> torch.Tensor:

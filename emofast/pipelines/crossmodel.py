@@ -130,13 +130,14 @@ class CrossModelResult:
                 "verdicts": self.verdicts, "stage_s": self.stage_s, "elapsed_s": self.elapsed_s}
 
 
-def texts(cfg: CrossModelConfig) -> tuple[list[str], list[str], list[str]]:
-    """(emotion texts, their labels, neutral texts): the same for both models. Neutral: basic4's
-    neutral sentences (also the directions' baseline) then general prose."""
+def texts(cfg: CrossModelConfig) -> tuple[list[str], list[str], list[str], int]:
+    """(emotion texts, their labels, neutral texts, n_base): the same for both models. Neutral:
+    basic4's n_base neutral sentences (also the directions' baseline), then general prose."""
     examples = [e for name, emotions in SOURCES.items()
                 for e in labelled_sample(name, emotions, cfg.n_per_emotion, cfg.seed)]
-    neutral = neutral_sentences() + general_texts(cfg.n_general, 300)
-    return [e.text for e in examples], [e.label for e in examples], neutral
+    base = neutral_sentences()
+    neutral = base + general_texts(cfg.n_general, 300)
+    return [e.text for e in examples], [e.label for e in examples], neutral, len(base)
 
 
 @writes_report
@@ -149,8 +150,7 @@ def run_crossmodel(models: Sequence[Model], config: CrossModelConfig | None = No
         raise ValueError(f"run_crossmodel compares two models, got {len(models)}")
     start, out = report_folder(out)
     stage: dict[str, float] = {}
-    emo_texts, labels, neutral = texts(cfg)
-    n_base = len(neutral_sentences())
+    emo_texts, labels, neutral, n_base = texts(cfg)
     sides, acts, neutral_acts = [], [], []
     for model in models:
         t = time.perf_counter()
