@@ -119,8 +119,8 @@ def _word_rate(texts: list[str], words: Sequence[str]) -> float:
     return sum(bool(pattern.search(t)) for t in texts) / len(texts)
 
 
-def patch_grid(model: Model, dirs: EmotionDirections, cfg, words: dict, *,
-               progress: bool) -> Patching:
+def patch_grid(model: Model, dirs: EmotionDirections, cfg, words: dict, judge: EmotionJudge,
+               *, progress: bool) -> Patching:
     """Inject each emotion's unit direction (and a random unit direction, the control) at
     resid_post of one layer, every position, scale "rms", into neutral SEV prompts."""
     L = model.n_layers
@@ -135,7 +135,6 @@ def patch_grid(model: Model, dirs: EmotionDirections, cfg, words: dict, *,
     noise = torch.nn.functional.normalize(torch.randn(dirs.vectors.shape, generator=g), dim=-1)
     controls = {"direction": dirs, "random": replace(dirs, vectors=noise)}
     cells = [(e, layer, a) for e in emotions for layer in layers for a in cfg.patch_alphas]
-    judge = EmotionJudge.load()
     out = {"judge": {}, "words": {}}
     texts_by = {}
     for name, d in controls.items():

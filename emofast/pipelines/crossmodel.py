@@ -30,6 +30,7 @@ from ..analysis.crossmodel import Stability, direction_stability
 from ..analysis.directions import diff_of_means
 from ..analysis.probes import layer_separability, train_test_split
 from ..data import EMOTIONS6, general_texts, labelled_sample, neutral_sentences
+from ..eval import EmotionJudge
 from ..models import Model
 from ._config import (check_numbers, checked, feeling_words_option, option, preset_name,
                       report_folder, words_by_emotion, writes_report)
@@ -151,7 +152,7 @@ def run_crossmodel(models: Sequence[Model], config: CrossModelConfig | None = No
     start, out = report_folder(out)
     stage: dict[str, float] = {}
     emo_texts, labels, neutral, n_base = texts(cfg)
-    sides, acts, neutral_acts = [], [], []
+    sides, acts, neutral_acts, judge = [], [], [], EmotionJudge.load()
     for model in models:
         t = time.perf_counter()
         a = pooled_activations(model, emo_texts + neutral, progress=progress)   # {pool: [L, N, d]}
@@ -162,7 +163,7 @@ def run_crossmodel(models: Sequence[Model], config: CrossModelConfig | None = No
         t = time.perf_counter()
         dirs = diff_of_means(a["mean"][:, :len(emo_texts) + n_base],
                              labels + ["neutral"] * n_base, baseline="neutral", emotions=EMOTIONS)
-        patching = patch_grid(model, dirs, cfg, words_by_emotion(cfg), progress=progress)
+        patching = patch_grid(model, dirs, cfg, words_by_emotion(cfg), judge, progress=progress)
         stage[f"{model.name}: injection grid"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
         heads = screen_heads(model, cfg, words_by_emotion(cfg), progress=progress)
