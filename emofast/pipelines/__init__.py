@@ -16,7 +16,8 @@ from .discover import DiscoverConfig, DiscoverResult, run_discover
 from .features import FeaturesConfig, FeaturesResult, run_features
 from .quant import QuantConfig, QuantResult, run_quant_compare, run_quant_profile
 
-__all__ = ["CircuitsConfig", "CircuitsResult", "CrossModelConfig", "CrossModelResult", "DemoConfig", "DemoResult", "DirectionsConfig",
-           "DirectionsResult", "DiscoverConfig", "DiscoverResult", "FeaturesConfig",
-           "FeaturesResult", "QuantConfig", "QuantResult", "run_circuits", "run_crossmodel", "run_demo", "run_directions", "run_discover",
+__all__ = ["CircuitsConfig", "CircuitsResult", "CrossModelConfig", "CrossModelResult",
+           "DemoConfig", "DemoResult", "DirectionsConfig", "DirectionsResult", "DiscoverConfig",
+           "DiscoverResult", "FeaturesConfig", "FeaturesResult", "QuantConfig", "QuantResult",
+           "run_circuits", "run_crossmodel", "run_demo", "run_directions", "run_discover",
            "run_features", "run_quant_compare", "run_quant_profile"]

@@ -41,6 +41,11 @@ def _patch_summary(side) -> dict:
     return out
 
 
+def _most_above_chance(curves: dict) -> int:
+    above = [b - ch for b, ch in zip(curves["before"], curves["chance"])]
+    return 1 + max(range(len(above)), key=above.__getitem__)
+
+
 def verdicts(r) -> list[dict]:
     """One row per preprint claim: its number, emofast's, a verdict and why."""
     a, b = r.models
@@ -81,7 +86,7 @@ def verdicts(r) -> list[dict]:
     add(f"2-10-D subspaces share structure before alignment",
         "overlap 0.12-0.15 at k = 10, highest at k = 2",
         f"k={k_max}: {bk:.3f} (random {c['chance'][-1]:.3f}, 95th pct {c['chance_p95'][-1]:.3f})"
-        f"; highest at k = {1 + max(range(len(c['before'])), key=lambda i: c['before'][i] - c['chance'][i])}",
+        f"; highest above chance at k = {_most_above_chance(c)}",
         "not reproduced" if bk <= c["chance_p95"][-1] else "reproduced",
         "on shared coordinates (the only comparison without a map): two models' coordinates "
         "share no basis; the preprint does not say how it compared unequal widths")

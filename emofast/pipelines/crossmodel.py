@@ -195,8 +195,9 @@ def _within(emo: dict, everything: dict, labels: list[str], n_base: int, cfg: Cr
     for pool in POOLS:
         x = everything[pool][:, :n + n_base]
         stability[pool] = direction_stability(x, rows, EMOTIONS, seed=cfg.seed)
-        sep = layer_separability(emo[pool][:, split.train_idx], [labels[i] for i in split.train_idx],
-                                 emo[pool][:, split.test_idx], [labels[i] for i in split.test_idx],
+        train, test = split.train_idx, split.test_idx
+        sep = layer_separability(emo[pool][:, train], [labels[i] for i in train],
+                                 emo[pool][:, test], [labels[i] for i in test],
                                  progress=False)
         probe[pool] = sep.probe_acc
     return stability, probe

@@ -63,8 +63,9 @@ def test_unembed_applies_final_logit_softcapping():
     assert (raw - hf).abs().max() > 0.1 and hf.abs().max() <= 0.5
 
 
-@pytest.mark.parametrize("family,config", [("gemma", {}), ("gemma2", {"final_logit_softcapping": 2.0, "sliding_window": 64}),
-                                           ("gemma3_text", {"sliding_window": 64})])
+@pytest.mark.parametrize("family,config", [
+    ("gemma", {}), ("gemma2", {"final_logit_softcapping": 2.0, "sliding_window": 64}),
+    ("gemma3_text", {"sliding_window": 64})])
 def test_batched_and_chain_equal_the_loop(family, config, monkeypatch):
     """gemma3 with a local window wider than every prompt: the clean KV cache and shared
     prefixes are reused (checked) and stay exact; Gemma 2's capped logits; Gemma 1."""
@@ -72,7 +73,8 @@ def test_batched_and_chain_equal_the_loop(family, config, monkeypatch):
     T = encode_batches(model, SHARED, 32)[0].ids.shape[1]
     assert reuses_kv(model, T)
     calls, real = [], batched_mod._run_shared
-    monkeypatch.setattr(batched_mod, "_run_shared", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(batched_mod, "_run_shared",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     g = torch.Generator().manual_seed(0)
     variants = random_variants(model, 12, seed=5, per_edit_pos=True) + [
         [Steer(1, torch.randn(model.d_model, generator=g), 2.0, scale="rms")],
